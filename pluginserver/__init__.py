@@ -1,0 +1,12 @@
+# -*- test-case-name: tests -*-
+"""
+pluginserver: a JSON API server whose routes are Python plugins, reloaded
+while it runs.
+
+This package exports only the plugin API; everything else is the server's
+own business.
+"""
+
+from pluginserver.plugin import HTTPError, Plugin, PluginRequest, RawJSON
+
+__all__ = ["HTTPError", "Plugin", "PluginRequest", "RawJSON"]

@@ -1,0 +1,993 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Configuration: one INI file in, one immutable L{Settings} object out.
+
+The format is the old aiohttp pluginserver's, so its files run unchanged:
+
+  - values may carry a type prefix (C{int:}, C{float:}, C{bool:}, C{list:});
+  - C{${section:key}}, C{${ENV:NAME}} and C{${ENV:NAME:-default}} are
+    replaced before type conversion, and C{$$} is a literal C{$};
+  - comments are whole lines starting with C{#} or C{;};
+  - relative file names resolve against the config file's directory;
+  - C{[network] bindto/port} and C{[SSL] enabled/keyfile/certfile} still
+    describe the listener when C{[server] listen} is not given.
+
+Every mistake becomes a L{ConfigError} naming the file, section and key, so
+the server can refuse to start with one clear line.  This module knows
+nothing of Twisted: listeners are plain endpoint description strings, which
+the service turns into endpoints.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import json
+import math
+import os
+from types import MappingProxyType
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
+from urllib.parse import parse_qsl, urlsplit
+
+import attr
+
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+T = TypeVar("T")
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_BINDTO = "127.0.0.1"
+
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1", "enable", "enabled"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0", "disable", "disabled"})
+_BOOL_HINT = "true/false, yes/no, on/off, 1/0, enable(d)/disable(d)"
+
+# Endpoint parameters that name files, whatever the endpoint type: they are
+# the TLS options of Twisted's ssl: parser, which plugins such as txtorcon
+# reuse under the same names.
+_ENDPOINT_PATH_KEYS = frozenset(
+    {"privateKey", "certKey", "extraCertChain", "caCertsDir", "dhParameters"}
+)
+
+# Keys whose values are file names, resolved against the config directory
+# both in Settings and in Settings.sections (so plugins see absolute paths).
+_PATH_KEYS = frozenset(
+    {
+        ("paths", "plugins"),
+        ("server", "access_log"),
+        ("SSL", "keyfile"),
+        ("SSL", "certfile"),
+    }
+)
+
+_AUTH_MODES = ("global", "plugin", "none")
+
+# Typed empties, so mypy infers the right type for _Loader.get's default.
+_NO_WORDS: Tuple[str, ...] = ()
+_NO_NETWORKS: Tuple[Network, ...] = ()
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used.
+
+    @ivar path: the config file.
+    @ivar section: the section at fault, or L{None} for file-level errors.
+    @ivar key: the key at fault, or L{None}.
+    @ivar message: what was expected and what was found.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        section: Optional[str],
+        key: Optional[str],
+        message: str,
+    ) -> None:
+        # Pass every argument up so the exception pickles and compares.
+        super().__init__(path, section, key, message)
+        self.path = path
+        self.section = section
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        parts = [f"{self.path}:"]
+        if self.section is not None:
+            parts.append(f"[{self.section}]")
+        if self.key is not None:
+            parts.append(f"{self.key}:")
+        parts.append(self.message)
+        return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Values
+
+
+def parse_value(raw: str) -> Any:
+    """
+    Convert one configuration value according to its type prefix.
+
+    C{int:8080} -> C{8080}, C{float:0.5} -> C{0.5}, C{bool:yes} -> C{True},
+    C{list:a int:2} -> C{["a", 2]} (items split on any whitespace, newlines
+    included, and each converted by these same rules); a value without a
+    known prefix is returned unchanged as a string.
+
+    @raise ValueError: the prefix is known but what follows it is not of
+        that type; the message says what was expected and what was found.
+    """
+    prefix, colon, rest = raw.partition(":")
+    if not colon:
+        return raw
+    if prefix == "int":
+        try:
+            return int(rest.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, found {raw!r}") from None
+    if prefix == "float":
+        try:
+            return float(rest.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, found {raw!r}") from None
+    if prefix == "bool":
+        word = rest.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        raise ValueError(f"expected a boolean ({_BOOL_HINT}), found {raw!r}")
+    if prefix == "list":
+        return [parse_value(item) for item in rest.split()]
+    return raw
+
+
+def _unescape(text: str) -> str:
+    """
+    Remove endpoint-string backslash escapes (C{\\:} -> C{:}), as Twisted's
+    tokenizer does.  A trailing lone backslash is kept.
+    """
+    out: List[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            char = next(chars, "\\")
+        out.append(char)
+    return "".join(out)
+
+
+def _escape(text: str) -> str:
+    """
+    Quote text for use as one endpoint-string argument: backslash, colon and
+    equals sign (so a positional path with C{=} is not read as a keyword).
+    """
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def _split_unescaped(text: str, separator: str, limit: int = -1) -> List[str]:
+    """
+    Split C{text} on C{separator} wherever it is not backslash-escaped,
+    keeping the escapes themselves intact in the pieces.
+    """
+    pieces: List[str] = []
+    current: List[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text):
+            current.append(text[index : index + 2])
+            index += 2
+            continue
+        if char == separator and limit != len(pieces):
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        index += 1
+    pieces.append("".join(current))
+    return pieces
+
+
+def _absolute(path: str, base_dir: str) -> str:
+    """
+    Make a file name absolute: C{~} expands, relative names join
+    C{base_dir}.
+    """
+    return os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
+
+
+def _resolve_argument(escaped: str, base_dir: str) -> str:
+    """
+    Resolve one escaped endpoint argument that names a file.  Absolute names
+    come back exactly as written, escapes and all.
+    """
+    path = _unescape(escaped)
+    # Empty means "not given" and "@name" is a Linux abstract socket: neither
+    # is a file name.
+    if not path or path.startswith("@"):
+        return escaped
+    if os.path.isabs(path):
+        return escaped
+    return _escape(_absolute(path, base_dir))
+
+
+def resolve_endpoint_paths(description: str, base_dir: str) -> str:
+    """
+    Make the relative file names inside a Twisted endpoint description
+    absolute against C{base_dir}.
+
+    Files are the values of C{privateKey=}, C{certKey=}, C{extraCertChain=},
+    C{caCertsDir=} and C{dhParameters=}, and the socket path of a C{unix:}
+    endpoint (first positional argument or C{address=}).  C{~} expands.
+    Everything else, including backslash escapes and absolute paths, is kept
+    exactly as written, so the result parses as the original would have
+    from C{base_dir}.
+    """
+    segments = _split_unescaped(description, ":")
+    is_unix = _unescape(segments[0]).strip().lower() == "unix"
+    seen_positional = False
+    for index in range(1, len(segments)):
+        pieces = _split_unescaped(segments[index], "=", limit=1)
+        if len(pieces) == 1:
+            # Only the first positional argument of unix: is its path.
+            if is_unix and not seen_positional:
+                segments[index] = _resolve_argument(pieces[0], base_dir)
+            seen_positional = True
+            continue
+        name = _unescape(pieces[0])
+        if name in _ENDPOINT_PATH_KEYS or (is_unix and name == "address"):
+            value = _resolve_argument(pieces[1], base_dir)
+            segments[index] = f"{pieces[0]}={value}"
+    return ":".join(segments)
+
+
+# ---------------------------------------------------------------------------
+# Coercion of the known keys.  Each coercer takes the typed value (from
+# parse_value) and the raw text (for the message), and raises ValueError
+# saying what it expected and what it found.
+
+Coercer = Callable[[Any, str], T]
+
+
+def _integer(minimum: int, maximum: Optional[int] = None) -> Coercer[int]:
+    """
+    An integer within bounds; an unprefixed string is converted.
+    """
+    if maximum is None:
+        expected = f"an integer >= {minimum}"
+    else:
+        expected = f"an integer from {minimum} to {maximum}"
+
+    def coerce(value: Any, raw: str) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                pass
+        # bool is an int subclass; bool:true is never a sensible count.
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value >= minimum
+            and (maximum is None or value <= maximum)
+        ):
+            return value
+        raise ValueError(f"expected {expected}, found {raw!r}")
+
+    return coerce
+
+
+def _seconds(allow_zero: bool) -> Coercer[float]:
+    """
+    A finite number of seconds, positive (or zero when allowed); an
+    unprefixed string or an C{int:} value is converted.
+    """
+    expected = "a number of seconds " + (">= 0" if allow_zero else "> 0")
+
+    def coerce(value: Any, raw: str) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+            if math.isfinite(number) and (
+                number > 0 or (allow_zero and number == 0)
+            ):
+                return number
+        raise ValueError(f"expected {expected}, found {raw!r}")
+
+    return coerce
+
+
+def _boolean(value: Any, raw: str) -> bool:
+    """
+    A boolean; an unprefixed string may be any of the C{bool:} words.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise ValueError(f"expected a boolean ({_BOOL_HINT}), found {raw!r}")
+
+
+def _string(value: Any, raw: str) -> str:
+    """
+    A plain string: a type prefix here is a mistake, not a conversion.
+    """
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected text without a type prefix, found {raw!r}")
+
+
+def _secret(value: Any, raw: str) -> str:
+    """
+    Like L{_string}, but never echoes the value: it is a key.
+    """
+    if isinstance(value, str):
+        return value
+    raise ValueError("expected text without a type prefix (value not shown)")
+
+
+def _words(value: Any, raw: str) -> Tuple[str, ...]:
+    """
+    A list of strings: from C{list:} or an unprefixed string split on
+    whitespace.
+    """
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a list of words, found {raw!r}")
+
+
+def _log_format(value: Any, raw: str) -> str:
+    """
+    C{text} or C{json}, any case.
+    """
+    if isinstance(value, str) and value.strip().lower() in ("text", "json"):
+        return value.strip().lower()
+    raise ValueError(f"expected text or json, found {raw!r}")
+
+
+def _networks(value: Any, raw: str) -> Tuple[Network, ...]:
+    """
+    A list of IP addresses or CIDR networks, IPv4 or IPv6.  Host bits are
+    allowed (C{10.1.2.3/8} means C{10.0.0.0/8}), as users write them.
+    """
+    networks: List[Network] = []
+    for item in _words(value, raw):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"expected IP addresses or CIDR networks, found {item!r}"
+            ) from None
+    return tuple(networks)
+
+
+def _origin(item: str) -> str:
+    """
+    Check and normalise one CORS origin (C{scheme://host[:port]}) to the
+    form browsers send in the C{Origin} header: lower case, no trailing
+    slash.
+    """
+    expected = f"expected * or scheme://host[:port], found {item!r}"
+    try:
+        parts = urlsplit(item)
+        port = parts.port
+    except ValueError:
+        raise ValueError(expected) from None
+    if (
+        not parts.scheme
+        or not parts.hostname
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "://" not in item
+    ):
+        raise ValueError(expected)
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    origin = f"{parts.scheme.lower()}://{host}"
+    if port is not None:
+        origin += f":{port}"
+    return origin
+
+
+def _origins(value: Any, raw: str) -> Tuple[str, ...]:
+    """
+    The CORS allow-list: C{*} alone (any origin) or explicit origins.
+    """
+    items = _words(value, raw)
+    if "*" in items:
+        if len(items) != 1:
+            raise ValueError(
+                f"expected * alone or a list of origins, found {raw!r}"
+            )
+        return ("*",)
+    return tuple(_origin(item) for item in items)
+
+
+# ---------------------------------------------------------------------------
+# Settings
+
+
+def _frozen_empty() -> Mapping[str, Mapping[str, Any]]:
+    return MappingProxyType({})
+
+
+def _redacted(value: Optional[str]) -> str:
+    # Settings get logged; keys must never be.
+    return "None" if value is None else "'<redacted>'"
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Settings:
+    """
+    Everything the server needs from its configuration, checked and typed.
+
+    Paths are absolute; listeners are Twisted endpoint description strings
+    whose relative file names are already resolved.  Instances are
+    immutable: a reload builds a new one.
+
+    @ivar path: the config file, absolute.
+    @ivar listen: endpoint description strings.
+    @ivar listen_origin: where the listeners came from (C{"[server] listen"},
+        C{"[network] port"}, C{"[SSL] keyfile"}, C{"--listen"}, ...), for
+        error messages.
+    @ivar plugins_dir: the plugins directory, absolute.
+    @ivar plugin_params: each plugin's C{[plugin_parms]}, typed, read-only.
+    @ivar sections: every section's typed values, read-only; the known path
+        keys hold absolute paths and C{[plugin_parms]} holds the raw
+        (interpolated) query strings.
+    """
+
+    path: str
+    listen: Tuple[str, ...]
+    listen_origin: str
+    plugins_dir: str
+    max_body: int = 1048576
+    request_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    shutdown_timeout: float = 10.0
+    threads: int = 10
+    allowed_hosts: Optional[Tuple[str, ...]] = None
+    log_format: str = "text"
+    access_log: Optional[str] = None
+    metrics_public: bool = False
+    apikey: Optional[str] = attr.ib(default=None, repr=_redacted)
+    allow_query_key: bool = False
+    # Mappings are unhashable and carry plugin keys: keep them out of the
+    # hash and the repr.
+    plugin_params: Mapping[str, Mapping[str, Any]] = attr.ib(
+        factory=_frozen_empty, hash=False, repr=False
+    )
+    cors_enabled: bool = False
+    cors_origins: Tuple[str, ...] = ()
+    access_allow: Optional[Tuple[Network, ...]] = None
+    trusted_proxies: Tuple[Network, ...] = ()
+    sections: Mapping[str, Mapping[str, Any]] = attr.ib(
+        factory=_frozen_empty, hash=False, repr=False
+    )
+
+    def with_overrides(
+        self,
+        listen: Optional[Sequence[str]] = None,
+        plugins_dir: Optional[str] = None,
+    ) -> Settings:
+        """
+        Apply command-line overrides.  Their paths resolve against the
+        current working directory, as a shell user expects.
+
+        @param listen: replaces the configured listeners when not empty;
+            the origin becomes C{"--listen"}.
+        @param plugins_dir: replaces C{[paths] plugins}.  C{json=} files in
+            C{[plugin_parms]} are relative to the plugins directory, so the
+            plugin parameters are rebuilt against the new one.
+
+        @raise ConfigError: a C{json=} file is unusable from the new
+            plugins directory.
+        """
+        cwd = os.getcwd()
+        changes: Dict[str, Any] = {}
+        if listen:
+            changes["listen"] = tuple(
+                resolve_endpoint_paths(description, cwd)
+                for description in listen
+            )
+            changes["listen_origin"] = "--listen"
+        if plugins_dir is not None:
+            new_dir = _absolute(plugins_dir, cwd)
+            changes["plugins_dir"] = new_dir
+            raw_params = self.sections.get("plugin_parms")
+            if raw_params is not None and new_dir != self.plugins_dir:
+                changes["plugin_params"] = _build_plugin_params(
+                    self.path, raw_params, new_dir
+                )
+        return attr.evolve(self, **changes)
+
+
+def load_settings(
+    path: str, environ: Optional[Mapping[str, str]] = None
+) -> Settings:
+    """
+    Read, interpolate, convert and check the config file at C{path}.
+
+    @param environ: the variables C{${ENV:NAME}} reads; L{os.environ} when
+        not given.
+
+    @raise ConfigError: the file cannot be read or parsed, or any value is
+        wrong.
+    """
+    absolute = os.path.abspath(path)
+    loader = _Loader(
+        path=absolute,
+        base_dir=os.path.dirname(absolute),
+        environ=os.environ if environ is None else environ,
+        raw=_read_ini(absolute),
+    )
+    return loader.settings()
+
+
+def _read_ini(path: str) -> Dict[str, Dict[str, str]]:
+    """
+    Parse the INI file into raw strings: C{{section: {key: value}}}, keys
+    lower-cased, C{[DEFAULT]} under its own name as well as merged into
+    every section (as configparser does).
+    """
+    parser = configparser.ConfigParser(
+        interpolation=None,  # we interpolate ourselves, before typing
+        comment_prefixes=("#", ";"),
+        inline_comment_prefixes=None,  # the old server had none either
+    )
+    try:
+        with open(path, encoding="utf-8") as ini:
+            parser.read_file(ini, source=path)
+    except OSError as e:
+        raise ConfigError(
+            path, None, None, f"cannot read: {e.strerror or e}"
+        ) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            path, None, None, f"not UTF-8 text: {e.reason}"
+        ) from e
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError(
+            path,
+            None,
+            None,
+            f"line {e.lineno}: expected a [section] header,"
+            f" found {e.line.strip()!r}",
+        ) from e
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(
+            path, e.section, None, f"line {e.lineno}: section given twice"
+        ) from e
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(
+            path, e.section, e.option, f"line {e.lineno}: key given twice"
+        ) from e
+    except configparser.ParsingError as e:
+        problems = "; ".join(
+            f"line {lineno}: cannot parse {line.strip()!r}"
+            for lineno, line in e.errors
+        )
+        raise ConfigError(path, None, None, problems) from e
+    except configparser.Error as e:
+        raise ConfigError(path, None, None, str(e)) from e
+    raw = {parser.default_section: dict(parser.defaults())}
+    for section in parser.sections():
+        raw[section] = dict(parser.items(section))
+    return raw
+
+
+@attr.s(auto_attribs=True)
+class _Loader:
+    """
+    One load of one file: interpolation state and the conversion of raw
+    strings into a L{Settings}.
+    """
+
+    path: str
+    base_dir: str
+    environ: Mapping[str, str]
+    raw: Dict[str, Dict[str, str]]
+    _done: Dict[Tuple[str, str], str] = attr.ib(factory=dict)
+    _active: List[Tuple[str, str]] = attr.ib(factory=list)
+    _typed: Dict[str, Dict[str, Any]] = attr.ib(factory=dict)
+
+    # -- interpolation
+
+    def _error(
+        self, section: Optional[str], key: Optional[str], message: str
+    ) -> ConfigError:
+        return ConfigError(self.path, section, key, message)
+
+    def interpolated(self, section: str, key: str) -> str:
+        """
+        The value of C{[section] key} with every C{${...}} replaced.
+        """
+        where = (section, key)
+        if where in self._done:
+            return self._done[where]
+        if where in self._active:
+            # The key that closes the loop is the one holding the bad
+            # reference; show the whole loop so it can be broken anywhere.
+            loop = self._active[self._active.index(where) :] + [where]
+            chain = " -> ".join(f"${{{s}:{k}}}" for s, k in loop)
+            caller = self._active[-1]
+            raise self._error(caller[0], caller[1], f"reference cycle: {chain}")
+        self._active.append(where)
+        try:
+            value = self._substitute(section, key, self.raw[section][key])
+        finally:
+            self._active.pop()
+        self._done[where] = value
+        return value
+
+    def _substitute(self, section: str, key: str, text: str) -> str:
+        out: List[str] = []
+        index = 0
+        while True:
+            dollar = text.find("$", index)
+            if dollar < 0:
+                out.append(text[index:])
+                return "".join(out)
+            out.append(text[index:dollar])
+            following = text[dollar + 1 : dollar + 2]
+            if following == "$":
+                out.append("$")
+                index = dollar + 2
+            elif following == "{":
+                end = text.find("}", dollar + 2)
+                if end < 0:
+                    raise self._error(
+                        section,
+                        key,
+                        f"unterminated ${{ in {text[dollar:]!r}"
+                        " (write $$ for a literal $)",
+                    )
+                out.append(
+                    self._reference(section, key, text[dollar + 2 : end])
+                )
+                index = end + 1
+            else:
+                # A lone $ is literal: passwords contain them.
+                out.append("$")
+                index = dollar + 1
+
+    def _reference(self, section: str, key: str, body: str) -> str:
+        """
+        Resolve the inside of one C{${...}} found in C{[section] key}.
+        """
+        target_section, colon, target_key = body.partition(":")
+        target_section = target_section.strip()
+        if not colon:
+            # ${key}: same section, as configparser's ExtendedInterpolation.
+            target_section, target_key = section, body
+        if target_section == "ENV":
+            name, default_marker, default = target_key.partition(":-")
+            name = name.strip()
+            if not name or ":" in name:
+                raise self._error(
+                    section,
+                    key,
+                    "expected ${ENV:NAME} or ${ENV:NAME:-default},"
+                    f" found ${{{body}}}",
+                )
+            if name in self.environ:
+                return self.environ[name]
+            if default_marker:
+                return default
+            raise self._error(
+                section, key, f"environment variable {name} is not set"
+            )
+        target_key = target_key.strip().lower()  # configparser's optionxform
+        if target_section not in self.raw:
+            raise self._error(
+                section,
+                key,
+                f"${{{body}}}: there is no section [{target_section}]",
+            )
+        if target_key not in self.raw[target_section]:
+            raise self._error(
+                section,
+                key,
+                f"${{{body}}}: there is no key {target_key}"
+                f" in [{target_section}]",
+            )
+        return self.interpolated(target_section, target_key)
+
+    # -- typed access
+
+    def _interpolate_all(self) -> None:
+        """
+        Interpolate and type every value, so an error anywhere in the file
+        is reported even in sections nothing reads.
+        """
+        for section, values in self.raw.items():
+            typed: Dict[str, Any] = {}
+            for key in values:
+                text = self.interpolated(section, key)
+                if section == "plugin_parms":
+                    # Query-string syntax, typed per parameter later.
+                    typed[key] = text
+                    continue
+                try:
+                    typed[key] = parse_value(text)
+                except ValueError as e:
+                    if key == "apikey":
+                        raise self._error(
+                            section,
+                            key,
+                            "invalid type prefix (value not shown)",
+                        ) from None
+                    raise self._error(section, key, str(e)) from None
+            self._typed[section] = typed
+
+    def has(self, section: str, key: str) -> bool:
+        """
+        Is C{[section] key} present with a non-empty value?
+        """
+        return (
+            key in self._typed.get(section, {})
+            and self.interpolated(section, key).strip() != ""
+        )
+
+    def get(self, section: str, key: str, coerce: Coercer[T], default: T) -> T:
+        """
+        C{[section] key} converted by C{coerce}, or C{default} when absent.
+        """
+        if key not in self._typed.get(section, {}):
+            return default
+        try:
+            return coerce(
+                self._typed[section][key], self.interpolated(section, key)
+            )
+        except ValueError as e:
+            raise self._error(section, key, str(e)) from None
+
+    def path_value(self, section: str, key: str) -> Optional[str]:
+        """
+        C{[section] key} as an absolute path, or L{None} when absent or
+        empty.
+        """
+        value = self.get(section, key, _string, "").strip()
+        return _absolute(value, self.base_dir) if value else None
+
+    # -- building
+
+    def settings(self) -> Settings:
+        """
+        Build the L{Settings}.
+        """
+        self._interpolate_all()
+        listen, origin = self.listeners()
+        plugins_dir = self.path_value("paths", "plugins") or _absolute(
+            "plugins", self.base_dir
+        )
+        allowed_hosts = self.get("server", "allowed_hosts", _words, _NO_WORDS)
+        access_allow = self.get("access", "allow", _networks, _NO_NETWORKS)
+        apikey = self.get("auth", "apikey", _secret, "")
+        return Settings(
+            path=self.path,
+            listen=listen,
+            listen_origin=origin,
+            plugins_dir=plugins_dir,
+            max_body=self.get("server", "max_body", _integer(0), 1048576),
+            request_timeout=self.get(
+                "server", "request_timeout", _seconds(False), 30.0
+            ),
+            idle_timeout=self.get(
+                "server", "idle_timeout", _seconds(False), 60.0
+            ),
+            shutdown_timeout=self.get(
+                "server", "shutdown_timeout", _seconds(True), 10.0
+            ),
+            threads=self.get("server", "threads", _integer(1), 10),
+            allowed_hosts=tuple(h.lower() for h in allowed_hosts) or None,
+            log_format=self.get("server", "log_format", _log_format, "text"),
+            access_log=self.path_value("server", "access_log"),
+            metrics_public=self.get(
+                "server", "metrics_public", _boolean, False
+            ),
+            apikey=apikey or None,
+            allow_query_key=self.get(
+                "auth", "allow_query_key", _boolean, False
+            ),
+            plugin_params=_build_plugin_params(
+                self.path, self._typed.get("plugin_parms", {}), plugins_dir
+            ),
+            cors_enabled=self.get("cors", "enabled", _boolean, False),
+            cors_origins=self.get("cors", "origin_url", _origins, _NO_WORDS),
+            access_allow=access_allow or None,
+            trusted_proxies=self.get(
+                "access", "trusted_proxies", _networks, _NO_NETWORKS
+            ),
+            sections=self.sections(),
+        )
+
+    def listeners(self) -> Tuple[Tuple[str, ...], str]:
+        """
+        The listeners and where they came from: C{[server] listen}, else
+        the old C{[network]}/C{[SSL]} keys, else the default.
+        """
+        listen = self.get("server", "listen", _words, _NO_WORDS)
+        if listen:
+            return (
+                tuple(resolve_endpoint_paths(d, self.base_dir) for d in listen),
+                "[server] listen",
+            )
+        ssl = self.get("SSL", "enabled", _boolean, False)
+        has_port = self.has("network", "port")
+        has_bindto = self.has("network", "bindto")
+        if not (has_port or has_bindto or ssl):
+            return (DEFAULT_LISTEN,), "[server] listen (default)"
+        port = DEFAULT_PORT
+        if has_port:
+            port = self.get("network", "port", _integer(1, 65535), DEFAULT_PORT)
+        bindto = self.get("network", "bindto", _string, "").strip()
+        # Users write IPv6 either bare or bracketed; Twisted wants it bare.
+        bindto = bindto.strip("[]") or DEFAULT_BINDTO
+        description = f"{port}:interface={_escape(bindto)}"
+        if not ssl:
+            origin = "[network] port" if has_port else "[network] bindto"
+            return (f"tcp:{description}",), origin
+        keys = []
+        for key in ("keyfile", "certfile"):
+            value = self.path_value("SSL", key)
+            if value is None:
+                # Never fall back to plain HTTP when TLS was asked for.
+                raise self._error(
+                    "SSL", key, f"SSL is enabled, so {key} is required"
+                )
+            keys.append(_escape(value))
+        return (
+            (f"ssl:{description}:privateKey={keys[0]}:certKey={keys[1]}",),
+            "[SSL] keyfile",
+        )
+
+    def sections(self) -> Mapping[str, Mapping[str, Any]]:
+        """
+        Every section's typed values, read-only, known paths absolute.
+        """
+        result: Dict[str, Mapping[str, Any]] = {}
+        for section, typed in self._typed.items():
+            if section == configparser.DEFAULTSECT:
+                continue  # already merged into every section
+            values = dict(typed)
+            for key in values:
+                if (section, key) in _PATH_KEYS:
+                    values[key] = self.path_value(section, key)
+            result[section] = MappingProxyType(values)
+        return MappingProxyType(result)
+
+
+# ---------------------------------------------------------------------------
+# [plugin_parms]
+
+
+def _build_plugin_params(
+    path: str, raw: Mapping[str, Any], plugins_dir: str
+) -> Mapping[str, Mapping[str, Any]]:
+    """
+    Parse every C{[plugin_parms]} entry (C{name = query string}) into a
+    read-only mapping of typed parameters.
+    """
+    return MappingProxyType(
+        {
+            name: MappingProxyType(
+                _plugin_params(path, name, str(text), plugins_dir)
+            )
+            for name, text in raw.items()
+        }
+    )
+
+
+def _normalise_auth(
+    params: Dict[str, Any], fail: Callable[[str], ConfigError]
+) -> None:
+    """
+    Fold the old C{auth_type=} spelling into C{auth=}.
+    """
+    if "auth_type" in params:
+        auth_type = params.pop("auth_type")
+        if "auth" in params and params["auth"] != auth_type:
+            raise fail("auth and auth_type are both given and differ")
+        params["auth"] = auth_type
+
+
+def _plugin_params(
+    path: str, name: str, text: str, plugins_dir: str
+) -> Dict[str, Any]:
+    """
+    One plugin's parameters: query-string pairs, each value typed, merged
+    over its C{json=} file, with C{auth} checked.
+    """
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(path, "plugin_parms", name, message)
+
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        # Not echoed: the string may hold an apikey.
+        raise fail("expected name=value pairs joined by &") from None
+    params: Dict[str, Any] = {}
+    for key, value in pairs:
+        try:
+            params[key] = parse_value(value)
+        except ValueError as e:
+            detail = (
+                "invalid type prefix (value not shown)"
+                if key == "apikey"
+                else str(e)
+            )
+            raise fail(f"{key}: {detail}") from None
+    _normalise_auth(params, fail)
+
+    json_name = params.pop("json", None)
+    if json_name is not None:
+        if not isinstance(json_name, str) or not json_name.strip():
+            raise fail(f"json: expected a file name, found {json_name!r}")
+        from_file = _read_json_params(_absolute(json_name, plugins_dir), fail)
+        _normalise_auth(from_file, fail)
+        from_file.pop("json", None)
+        # The INI is the more specific place: its params win.
+        params = {**from_file, **params}
+
+    if "auth" in params:
+        auth = params["auth"]
+        if not isinstance(auth, str) or auth.strip().lower() not in _AUTH_MODES:
+            raise fail(f"auth must be global, plugin or none, found {auth!r}")
+        params["auth"] = auth = auth.strip().lower()
+        if auth == "plugin":
+            apikey = params.get("apikey")
+            if not isinstance(apikey, str) or not apikey:
+                raise fail("auth=plugin needs a non-empty apikey")
+    return params
+
+
+def _read_json_params(
+    json_path: str, fail: Callable[[str], ConfigError]
+) -> Dict[str, Any]:
+    """
+    Read a C{json=} file: it must hold one JSON object.
+    """
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise fail(
+            f"json file {json_path}: cannot read: {e.strerror or e}"
+        ) from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise fail(f"json file {json_path}: invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise fail(
+            f"json file {json_path}: expected a JSON object,"
+            f" found {type(data).__name__}"
+        )
+    return data

@@ -1,0 +1,28 @@
+"""
+pluginserver: a JSON API server whose routes are Python plugins.
+
+Install with C{pip install .} (not a PEP 660 editable install: that drops the
+twistd dropin in twisted/plugins/; use C{pip install -e . --config-settings
+editable_mode=compat} for development).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pluginserver",
+    version="0.1.0",
+    description="A fast JSON API server whose routes are Python plugins, reloaded while it runs.",
+    python_requires=">=3.11",
+    # twisted/plugins is a namespace folder of dropins: find_packages skips it.
+    packages=find_packages(exclude=["tests*", "plugins*", "bench*"]) + ["twisted.plugins"],
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=24.8",
+        "pyopenssl",
+        "service-identity",
+        "psutil",
+    ],
+    extras_require={
+        "test": ["treq", "hypothesis", "cryptography"],
+    },
+)
