@@ -1,0 +1,688 @@
+# -*- test-case-name: tests.test_registry -*-
+"""
+Discover, load, reload and stop plugin modules.
+
+Each plugin file in the plugins directory is imported as a submodule of a
+synthetic package whose C{__path__} is that directory, so that
+C{importlib.reload} (and so L{twisted.python.rebuild}) can find it again and
+plugins can share helper modules through relative imports
+(C{from ._util import x}; files whose name starts with C{_} are helpers, not
+routes).
+
+A reload is atomic against broken code: the new source is compiled and run in
+a scratch module first, so a syntax error or an exception while the module
+body runs leaves the live module and the serving instance untouched.  Only
+then is the live module rebuilt and a new instance constructed and started;
+it replaces the old one, whose C{stop()} runs after the swap.  Each
+successful load is a new numbered generation.
+
+The registry knows nothing of HTTP: it hands out L{LoadedPlugin}s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.util
+import keyword
+import os
+import re
+import sys
+import time
+import traceback
+import types
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+)
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import components
+from twisted.python.rebuild import rebuild
+
+from pluginserver.plugin import Plugin
+
+RESERVED_NAMES = frozenset({"plugins", "reload", "metrics"})
+"""Route names the server keeps for itself."""
+
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+log = Logger()
+
+
+class PluginLoadError(Exception):
+    """
+    A plugin could not be loaded; the message names the file and, where
+    Python knows it, the line.
+    """
+
+
+class HelperLoadError(PluginLoadError):
+    """
+    A changed helper module (imported by plugins, not a plugin itself) could
+    not be reloaded.
+
+    @ivar helper: its file name.
+    """
+
+    def __init__(self, helper: str, message: str) -> None:
+        super().__init__(f"helper {helper}: {message}")
+        self.helper = helper
+
+
+@attr.s(auto_attribs=True, frozen=True, eq=False)
+class LoadedPlugin:
+    """
+    One generation of one plugin: the instance serving its route, and where
+    it came from.  C{handle} is bound when the generation is made, so that
+    requests keep running this generation's code even after a rebuild has
+    replaced the class of the instance.
+    """
+
+    name: str
+    stem: str
+    module: str
+    file: str
+    generation: int
+    loaded_at: float
+    instance: Plugin
+    params: Mapping[str, Any]
+    handle: Callable[..., Any]
+    stop: Callable[[], Any]
+    methods: frozenset[str]
+    blocking: bool
+    source_hash: str
+
+    @property
+    def auth(self) -> str:
+        """
+        The plugin's auth mode from its params: C{global}, C{plugin} or
+        C{none}; C{global} when not given.
+        """
+        return str(self.params.get("auth", "global"))
+
+    def describe(self) -> Dict[str, Any]:
+        """
+        A JSON-ready description, as C{/plugins} shows it.
+        """
+        return {
+            "route": "/" + self.name,
+            "module": self.module,
+            "file": self.file,
+            "generation": self.generation,
+            "loaded_at": self.loaded_at,
+            "auth": self.auth,
+        }
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class ReloadOutcome:
+    """
+    The result of reloading one plugin.  On failure C{generation} is the one
+    still serving (L{None} when none is).
+    """
+
+    name: str
+    success: bool
+    generation: Optional[int]
+    error: Optional[str] = None
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class ReloadReport:
+    """
+    The result of reloading the whole directory.
+    """
+
+    loaded: List[str]
+    added: List[str]
+    removed: List[str]
+    failed: Dict[str, str]
+
+
+class _NoCacheLoader(importlib.abc.SourceLoader):
+    """
+    Load plugin source without bytecode caching: a same-size edit within the
+    same second would otherwise be served from a stale C{.pyc}.  It records
+    the hash of every source it runs so the registry can tell what changed.
+    """
+
+    def __init__(self, fullname: str, path: str, seen: Dict[str, str]) -> None:
+        self._fullname = fullname
+        self._path = path
+        self._seen = seen
+
+    def get_filename(self, fullname: str) -> str:
+        return self._path
+
+    def get_data(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        source = self.get_data(self._path)
+        self._seen[fullname] = _hash(source)
+        return compile(source, self._path, "exec", dont_inherit=True)
+
+
+class _PluginFinder(importlib.abc.MetaPathFinder):
+    """
+    Find the modules of one synthetic package in its directory, and only
+    there.
+    """
+
+    def __init__(self, package: str, directory: str, seen: Dict[str, str]) -> None:
+        self.package = package
+        self.directory = directory
+        self._seen = seen
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Optional[Sequence[str]],
+        target: Optional[types.ModuleType] = None,
+    ) -> Optional[importlib.machinery.ModuleSpec]:
+        if not fullname.startswith(self.package + "."):
+            return None
+        parts = fullname[len(self.package) + 1 :].split(".")
+        base = os.path.join(self.directory, *parts)
+        if os.path.isfile(base + ".py"):
+            return importlib.util.spec_from_file_location(
+                fullname, base + ".py", loader=_NoCacheLoader(fullname, base + ".py", self._seen)
+            )
+        init = os.path.join(base, "__init__.py")
+        if os.path.isfile(init):
+            return importlib.util.spec_from_file_location(
+                fullname,
+                init,
+                loader=_NoCacheLoader(fullname, init, self._seen),
+                submodule_search_locations=[base],
+            )
+        return None
+
+
+def _hash(source: bytes) -> str:
+    return hashlib.sha256(source).hexdigest()
+
+
+def _describe_error(exc: BaseException, path: str) -> str:
+    """
+    Name an exception raised while compiling or running a plugin's source:
+    its type, message, and the file and line in the plugin that raised it.
+    """
+    if isinstance(exc, SyntaxError):
+        # str(SyntaxError) already says "(file.py, line N)".
+        return f"{type(exc).__name__}: {exc}"
+    where = ""
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        filename = frame.f_code.co_filename
+        if os.path.dirname(filename) == os.path.dirname(path):
+            where = f" ({os.path.basename(filename)}, line {lineno})"
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _plugin_class(module: types.ModuleType) -> Type[Plugin]:
+    """
+    The one concrete L{Plugin} subclass a plugin module defines.
+    """
+    defined = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Plugin)
+        and value is not Plugin
+        and value.__module__ == module.__name__
+    ]
+    leaves = [c for c in defined if not any(o is not c and issubclass(o, c) for o in defined)]
+    if not leaves:
+        raise PluginLoadError("defines no Plugin subclass")
+    if len(leaves) > 1:
+        names = ", ".join(sorted(c.__name__ for c in leaves))
+        raise PluginLoadError(f"defines more than one Plugin subclass ({names})")
+    return leaves[0]
+
+
+def _maybe_async(f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+    """
+    Call C{f}; whether it returns a value, a Deferred or a coroutine, or
+    raises, give back a Deferred.
+    """
+    try:
+        result = f(*args)
+    except BaseException:
+        return defer.fail()
+    if isinstance(result, types.CoroutineType):
+        return defer.Deferred.fromCoroutine(result)
+    return defer.maybeDeferred(lambda: result)
+
+
+class PluginRegistry:
+    """
+    The plugins of one directory, by route name.
+
+    @ivar directory: the plugins directory.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        params: Mapping[str, Mapping[str, Any]],
+        config: Any = None,
+        package: str = "pluginserver_plugins",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if package in sys.modules:
+            raise ValueError(f"module name {package!r} is already in use")
+        self.directory = os.path.abspath(directory)
+        self._params = params
+        self._config = config
+        self._package = package
+        self._clock = clock
+        self._seen: Dict[str, str] = {}
+        self._byName: Dict[str, LoadedPlugin] = {}
+        self._lock = defer.DeferredLock()
+        self._finder = _PluginFinder(package, self.directory, self._seen)
+        pkg = types.ModuleType(package, f"pluginserver plugins from {self.directory}")
+        pkg.__path__ = [self.directory]
+        pkg.__spec__ = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        pkg.__spec__.submodule_search_locations = [self.directory]
+        sys.modules[package] = pkg
+        sys.meta_path.insert(0, self._finder)
+
+    # -- lookups (hot path) ---------------------------------------------
+
+    def get(self, name: str) -> Optional[LoadedPlugin]:
+        """
+        The generation serving C{name}, or L{None}.
+        """
+        return self._byName.get(name)
+
+    @property
+    def plugins(self) -> Mapping[str, LoadedPlugin]:
+        """
+        Every serving plugin by route name (a read-only view).
+        """
+        return types.MappingProxyType(self._byName)
+
+    # -- discovery -------------------------------------------------------
+
+    def discover(self) -> List[str]:
+        """
+        The stems of the plugin files in the directory, sorted; files that
+        cannot be plugins are logged and left out.
+        """
+        stems = []
+        for entry in sorted(os.listdir(self.directory)):
+            if not entry.endswith(".py"):
+                continue
+            stem = entry[:-3]
+            if stem.startswith("_"):
+                continue  # helper module, imported by plugins
+            if not stem.isidentifier() or keyword.iskeyword(stem):
+                log.error(
+                    "Plugin file {file} refused: its name must be a Python identifier",
+                    file=os.path.join(self.directory, entry),
+                )
+                continue
+            if stem in RESERVED_NAMES:
+                log.error(
+                    "Plugin file {file} refused: {name!r} is a reserved route name",
+                    file=os.path.join(self.directory, entry),
+                    name=stem,
+                )
+                continue
+            stems.append(stem)
+        return stems
+
+    def _byStem(self, stem: str) -> Optional[LoadedPlugin]:
+        for loaded in self._byName.values():
+            if loaded.stem == stem:
+                return loaded
+        return None
+
+    # -- loading ---------------------------------------------------------
+
+    def _fullname(self, stem: str) -> str:
+        return f"{self._package}.{stem}"
+
+    def _path(self, stem: str) -> str:
+        return os.path.join(self.directory, stem + ".py")
+
+    def _scratch(self, fullname: str, path: str) -> Tuple[types.ModuleType, str]:
+        """
+        Compile and run the current source of C{path} in a fresh module that
+        nothing else sees.  Raises L{PluginLoadError} naming file and line.
+        """
+        try:
+            with open(path, "rb") as f:
+                source = f.read()
+        except OSError as e:
+            raise PluginLoadError(f"cannot read {path}: {e.strerror}") from None
+        module = types.ModuleType(fullname)
+        module.__file__ = path
+        module.__package__ = fullname.rpartition(".")[0]
+        module.__loader__ = _NoCacheLoader(fullname, path, self._seen)
+        module.__spec__ = importlib.util.spec_from_file_location(
+            fullname, path, loader=module.__loader__
+        )
+        try:
+            code = compile(source, path, "exec", dont_inherit=True)
+            exec(code, module.__dict__)
+        except Exception as e:
+            raise PluginLoadError(_describe_error(e, path)) from None
+        return module, _hash(source)
+
+    def _changedHelpers(self) -> List[str]:
+        """
+        The helper modules (imported by plugins from the plugins directory,
+        not plugins themselves) whose source changed since they ran.
+        """
+        plugins = {self._fullname(p.stem) for p in self._byName.values()}
+        changed = []
+        for fullname, digest in list(self._seen.items()):
+            if fullname in plugins or fullname not in sys.modules:
+                continue
+            path = getattr(sys.modules[fullname], "__file__", None)
+            if path is None:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    current = _hash(f.read())
+            except OSError:
+                continue
+            if current != digest:
+                changed.append(fullname)
+        return sorted(changed)
+
+    def _refreshHelpers(self) -> List[str]:
+        """
+        Rebuild every changed helper module, each checked in a scratch
+        module first.  Returns their names.
+        """
+        changed = self._changedHelpers()
+        for fullname in changed:
+            module = sys.modules[fullname]
+            path = module.__file__ or ""
+            try:
+                self._scratch(fullname, path)
+            except PluginLoadError as e:
+                raise HelperLoadError(os.path.basename(path), str(e)) from None
+            self._rebuild(module, path)
+            log.info("Helper module {module} reloaded", module=fullname)
+        return changed
+
+    def _rebuild(self, module: types.ModuleType, path: str) -> None:
+        try:
+            rebuild(module, doLog=0)
+        except Exception as e:
+            raise PluginLoadError(_describe_error(e, path)) from None
+        finally:
+            # rebuild leaves ALLOW_DUPLICATES on when it raises.
+            components.ALLOW_DUPLICATES = False
+
+    def _liveModule(self, stem: str) -> Tuple[types.ModuleType, Type[Plugin], str]:
+        """
+        Bring the live module of C{stem} up to date with its file: checked
+        in a scratch module first, then imported (first load) or rebuilt.
+        Returns the module, its plugin class and the hash of its source.
+        """
+        fullname = self._fullname(stem)
+        path = self._path(stem)
+        scratch, digest = self._scratch(fullname, path)
+        # Refuse a module without a plugin before it goes live.  The class
+        # is found by its name in the new source: a reloaded module keeps
+        # the names the new source no longer defines.
+        className = _plugin_class(scratch).__name__
+        live = sys.modules.get(fullname)
+        if live is None:
+            # First load: the checked scratch module becomes the live one,
+            # so the body does not run twice.
+            sys.modules[fullname] = live = scratch
+            setattr(sys.modules[self._package], stem, scratch)
+            self._seen[fullname] = digest
+        else:
+            self._rebuild(live, path)
+        cls = getattr(live, className, None)
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            raise PluginLoadError(f"{className} is no longer a Plugin subclass after reload")
+        return live, cls, self._seen.get(fullname, digest)
+
+    def _paramsFor(self, stem: str, name: str) -> Mapping[str, Any]:
+        return self._params.get(name) or self._params.get(stem) or {}
+
+    @defer.inlineCallbacks
+    def _load(self, stem: str) -> Any:
+        """
+        Load or reload C{stem}: a new generation, started and swapped in,
+        or L{PluginLoadError} with the old generation untouched.
+        """
+        previous = self._byStem(stem)
+        module, cls, digest = self._liveModule(stem)
+        name = cls.name if isinstance(cls.name, str) and cls.name else stem
+        if not _ROUTE_NAME.match(name) or name in RESERVED_NAMES:
+            raise PluginLoadError(f"route name {name!r} is reserved or not a valid path segment")
+        other = self._byName.get(name)
+        if other is not None and other.stem != stem:
+            raise PluginLoadError(f"route /{name} is already served by {other.file}")
+        params = self._paramsFor(stem, name)
+        try:
+            instance = cls(name, params, self._config)
+        except Exception as e:
+            raise PluginLoadError(_describe_error(e, self._path(stem))) from None
+        try:
+            yield _maybe_async(instance.start)
+        except Exception as e:
+            raise PluginLoadError(
+                "start() failed: " + _describe_error(e, self._path(stem))
+            ) from None
+        methods = {m.upper() for m in cls.methods}
+        if "GET" in methods:
+            methods.add("HEAD")
+        loaded = LoadedPlugin(
+            name=name,
+            stem=stem,
+            module=module.__name__,
+            file=self._path(stem),
+            generation=(previous.generation + 1) if previous else 1,
+            loaded_at=self._clock(),
+            instance=instance,
+            params=params,
+            handle=instance.handle,
+            stop=instance.stop,
+            methods=frozenset(methods),
+            blocking=bool(cls.blocking),
+            source_hash=digest,
+        )
+        if previous is not None and previous.name != name:
+            del self._byName[previous.name]
+        self._byName[name] = loaded
+        log.info(
+            "Plugin {plugin} generation {generation} loaded from {file}",
+            plugin=name,
+            generation=loaded.generation,
+            file=loaded.file,
+        )
+        if previous is not None:
+            yield self._stopOne(previous)
+        return loaded
+
+    @defer.inlineCallbacks
+    def _stopOne(self, loaded: LoadedPlugin) -> Any:
+        try:
+            yield _maybe_async(loaded.stop)
+        except Exception:
+            log.failure(
+                "Plugin {plugin} generation {generation}: stop() failed",
+                plugin=loaded.name,
+                generation=loaded.generation,
+            )
+
+    @defer.inlineCallbacks
+    def _unload(self, loaded: LoadedPlugin) -> Any:
+        del self._byName[loaded.name]
+        fullname = self._fullname(loaded.stem)
+        sys.modules.pop(fullname, None)
+        self._seen.pop(fullname, None)
+        pkg = sys.modules.get(self._package)
+        if pkg is not None and hasattr(pkg, loaded.stem):
+            delattr(pkg, loaded.stem)
+        log.info(
+            "Plugin {plugin} generation {generation} removed",
+            plugin=loaded.name,
+            generation=loaded.generation,
+        )
+        yield self._stopOne(loaded)
+
+    def _failed(self, stem: str, error: str) -> str:
+        current = self._byStem(stem)
+        log.error(
+            "Plugin {plugin} failed to load from {file}: {error}; "
+            "generation {generation} keeps serving",
+            plugin=current.name if current else stem,
+            file=self._path(stem),
+            error=error,
+            generation=current.generation if current else None,
+        )
+        return error
+
+    # -- public operations -------------------------------------------------
+
+    def reload(self, name: str) -> "defer.Deferred[ReloadOutcome]":
+        """
+        Reload one plugin (by route name or file stem) from its file, and any
+        helper module that changed.  Fires with a L{ReloadOutcome}; fails
+        with L{KeyError} when there is no such plugin.
+        """
+        return self._lock.run(self._reloadOne, name)
+
+    @defer.inlineCallbacks
+    def _reloadOne(self, name: str) -> Any:
+        current = self._byName.get(name) or self._byStem(name)
+        stem = current.stem if current else name
+        if current is None and (
+            stem not in self.discover() or not os.path.isfile(self._path(stem))
+        ):
+            raise KeyError(name)
+        if current is not None and not os.path.isfile(self._path(stem)):
+            yield self._unload(current)
+            return ReloadOutcome(current.name, False, None, "plugin file was removed")
+        try:
+            self._refreshHelpers()
+            loaded = yield self._load(stem)
+        except PluginLoadError as e:
+            self._failed(stem, str(e))
+            return ReloadOutcome(
+                current.name if current else name,
+                False,
+                current.generation if current else None,
+                str(e),
+            )
+        return ReloadOutcome(loaded.name, True, loaded.generation)
+
+    def reload_all(
+        self,
+        params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        config: Any = None,
+    ) -> "defer.Deferred[ReloadReport]":
+        """
+        Bring the registry in line with the directory (and, when given, new
+        params and config): reload changed plugins, load new files, unload
+        removed ones.  One failure does not stop the others.
+        """
+        return self._lock.run(self._reloadAll, params, config)
+
+    @defer.inlineCallbacks
+    def _reloadAll(
+        self,
+        params: Optional[Mapping[str, Mapping[str, Any]]],
+        config: Any,
+    ) -> Any:
+        oldParams = self._params
+        if params is not None:
+            self._params = params
+        if config is not None:
+            self._config = config
+        stems = self.discover()
+        failed: Dict[str, str] = {}
+        added: List[str] = []
+        removed: List[str] = []
+        for loaded in list(self._byName.values()):
+            if loaded.stem not in stems:
+                yield self._unload(loaded)
+                removed.append(loaded.name)
+        try:
+            helpersChanged = bool(self._refreshHelpers())
+        except HelperLoadError as e:
+            # Plugins keep serving their current generation; new and changed
+            # plugin files are still tried below.
+            failed[e.helper] = str(e)
+            log.error("{error}", error=str(e))
+            helpersChanged = False
+        for stem in stems:
+            current = self._byStem(stem)
+            if current is not None and not self._needsReload(
+                current, oldParams, helpersChanged
+            ):
+                continue
+            try:
+                loaded = yield self._load(stem)
+            except PluginLoadError as e:
+                failed[current.name if current else stem] = self._failed(stem, str(e))
+                continue
+            if current is None:
+                added.append(loaded.name)
+        return ReloadReport(sorted(self._byName), added, removed, failed)
+
+    def _needsReload(
+        self,
+        current: LoadedPlugin,
+        oldParams: Mapping[str, Mapping[str, Any]],
+        helpersChanged: bool,
+    ) -> bool:
+        if helpersChanged:
+            return True
+        if self._paramsFor(current.stem, current.name) != current.params:
+            return True
+        try:
+            with open(current.file, "rb") as f:
+                return _hash(f.read()) != current.source_hash
+        except OSError:
+            return True
+
+    def load_all(self) -> "defer.Deferred[ReloadReport]":
+        """
+        Load every plugin in the directory (the first load).
+        """
+        return self.reload_all()
+
+    def stop_all(self) -> "defer.Deferred[None]":
+        """
+        Stop and unload every plugin, and take the synthetic package out of
+        the import system.
+        """
+        return self._lock.run(self._stopAll)
+
+    @defer.inlineCallbacks
+    def _stopAll(self) -> Any:
+        for loaded in list(self._byName.values()):
+            yield self._unload(loaded)
+        self.close()
+
+    def close(self) -> None:
+        """
+        Forget the synthetic package and its modules.  Idempotent.
+        """
+        if self._finder in sys.meta_path:
+            sys.meta_path.remove(self._finder)
+        for fullname in [m for m in sys.modules if m == self._package or m.startswith(self._package + ".")]:
+            del sys.modules[fullname]
+        self._seen.clear()

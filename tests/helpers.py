@@ -1,0 +1,102 @@
+"""
+Testing helpers that make tests read like usage: a plugins directory to
+write plugin files into, and registries that clean up after themselves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import textwrap
+import time
+from typing import Any, Mapping, Optional
+
+from twisted.trial.unittest import TestCase
+
+from pluginserver.registry import PluginRegistry
+
+_packages = itertools.count()
+
+
+class PluginDir:
+    """
+    A temporary plugins directory.
+    """
+
+    def __init__(self, case: TestCase) -> None:
+        self.path = case.mktemp()
+        os.makedirs(self.path)
+
+    def write(self, name: str, source: str) -> str:
+        """
+        Write C{name}.py (dedented).  Each write gets a distinct mtime and
+        size is not relied upon: the registry must see every change.
+        """
+        path = os.path.join(self.path, name + ".py")
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(source))
+        return path
+
+    def remove(self, name: str) -> None:
+        os.remove(os.path.join(self.path, name + ".py"))
+
+    def registry(
+        self,
+        case: TestCase,
+        params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        config: Any = None,
+    ) -> PluginRegistry:
+        """
+        A registry over this directory, closed when the test ends.
+        """
+        registry = PluginRegistry(
+            self.path,
+            params or {},
+            config,
+            package=f"_test_plugins_{os.getpid()}_{next(_packages)}",
+        )
+        case.addCleanup(registry.close)
+        return registry
+
+
+def plugin_source(body: str, cls: str = "P", extra: str = "") -> str:
+    """
+    The source of a plugin module whose handle() returns C{body} (an
+    expression).
+    """
+    return (
+        "from pluginserver import Plugin, HTTPError\n"
+        + textwrap.dedent(extra)
+        + f"\nclass {cls}(Plugin):\n    def handle(self, request):\n        return {body}\n"
+    )
+
+
+def unique_name() -> str:
+    return f"p{int(time.time() * 1000)}_{next(_packages)}"
+
+
+class FakeRuntime:
+    """
+    The part of the service the web layer sees, over a real registry.
+    """
+
+    def __init__(self, registry: PluginRegistry, settings: Any) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.configError: Optional[str] = None
+
+    def reload_all(self) -> Any:
+        d = self.registry.reload_all()
+        return d.addCallback(lambda report: (report, self.configError))
+
+
+def settings_for(directory: str, **changes: Any) -> Any:
+    """
+    Settings for an in-memory server over C{directory}.
+    """
+    import attr
+
+    from pluginserver.config import Settings
+
+    base = Settings(path="test.ini", listen=(), listen_origin="[server] listen", plugins_dir=directory)
+    return attr.evolve(base, **changes)
