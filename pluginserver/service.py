@@ -1,0 +1,273 @@
+# -*- test-case-name: tests.test_process,tests.test_service -*-
+"""
+The server as a twistd service: it owns the settings, the plugin registry,
+the thread pool for blocking plugins and the listeners, and it ties their
+lifetimes together.
+
+Start: the listeners bind in C{privilegedStartService} (so a low port can be
+bound before twistd drops privileges), then the plugins load in
+C{startService}, before the reactor serves a single request.
+
+Stop: stop listening, let in-flight requests finish (bounded by
+C{shutdown_timeout}), then stop every plugin and the thread pool.
+
+SIGHUP re-reads the configuration and reloads every plugin in-process.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Callable, List, Optional, Tuple
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Request, Site
+
+from pluginserver.config import ConfigError, Settings
+from pluginserver.registry import PluginRegistry, ReloadReport
+from pluginserver.web import PluginServerResource
+
+log = Logger()
+
+
+class ListenError(Exception):
+    """
+    A listener could not be started; the message names it and the reason.
+    """
+
+
+class PluginServerRequest(Request):
+    """
+    A request whose default content type is JSON, and which the site counts
+    while it is in flight.
+    """
+
+    defaultContentType = b"application/json"
+    _counted = False
+
+    def process(self) -> None:
+        self.site = self.channel.site
+        self.site.inflight += 1
+        self._counted = True
+        super().process()
+
+    def _uncount(self) -> None:
+        # Called from finish() or connectionLost(), whichever comes first.
+        if self._counted:
+            self._counted = False
+            self.site.inflight -= 1
+
+    def finish(self) -> None:
+        super().finish()
+        self._uncount()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._uncount()
+
+
+class PluginServerSite(Site):
+    """
+    A L{Site} that counts requests in flight, so a graceful stop can wait for
+    them.
+    """
+
+    requestFactory = PluginServerRequest
+    inflight = 0
+
+    def log(self, request: Any) -> None:
+        # twisted.web would send an access line per request to the main
+        # log; the access log is a file of its own, [server] access_log.
+        pass
+
+
+class _Listener(StreamServerEndpointService):
+    """
+    One listener, named by its endpoint string; a failure to listen raises
+    L{ListenError} at start-up rather than being logged and forgotten.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, origin: str, reactor: Any, factory: Site) -> None:
+        super().__init__(serverFromString(reactor, description), factory)
+        self.description = description
+        self.origin = origin
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            # The reason first: a daemonizing twistd shows its parent only
+            # the first 100 bytes of the message.
+            socketError = getattr(e, "socketError", None)
+            reason = getattr(socketError, "strerror", None) or str(e)
+            raise ListenError(
+                f"cannot listen on {self.description}: {reason} ({self.origin})"
+            ) from None
+
+
+class PluginServerService(MultiService):
+    """
+    The whole server.
+
+    @param settings: the configuration in force at start.
+    @param reload_settings: re-reads the configuration (for SIGHUP and
+        C{/reload/all}); raises L{ConfigError}.
+    @param reactor: the reactor to listen, time and thread with.
+    @param exitOnListenError: raise L{SystemExit} (one clean line, no
+        traceback) rather than L{ListenError} when a listener fails; twistd
+        in the foreground wants the former, a daemonizing twistd the latter
+        (it reports the exception's text to the waiting parent).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        reload_settings: Callable[[], Settings],
+        reactor: Any,
+        package: str = "pluginserver_plugins",
+        exitOnListenError: bool = True,
+    ) -> None:
+        super().__init__()
+        self._settings = settings
+        self._reloadSettings = reload_settings
+        self._reactor = reactor
+        self._exitOnListenError = exitOnListenError
+        self._registry = PluginRegistry(
+            settings.plugins_dir, settings.plugin_params, settings, package=package
+        )
+        self.threadpool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="pluginserver")
+        self.resource = PluginServerResource(self, reactor, self.threadpool)
+        self.site = PluginServerSite(self.resource, timeout=settings.idle_timeout, reactor=reactor)
+        self.site.displayTracebacks = False
+        self._previousHup: Any = None
+        origin = settings.listen_origin
+        if origin != "--listen":
+            origin = f"{origin} in {settings.path}"
+        for description in settings.listen:
+            _Listener(description, origin, reactor, self.site).setServiceParent(self)
+
+    # -- the Runtime the web layer sees --------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def registry(self) -> PluginRegistry:
+        return self._registry
+
+    @defer.inlineCallbacks
+    def reload_all(self) -> Any:
+        """
+        Re-read the configuration and reload every plugin that changed.
+        Fires with C{(report, config_error)}: on a configuration error the
+        old configuration stays in force and the plugins are still reloaded.
+        """
+        configError: Optional[str] = None
+        try:
+            new = self._reloadSettings()
+        except ConfigError as e:
+            configError = str(e)
+            log.error("Configuration not reloaded: {error}", error=configError)
+        else:
+            self._applySettings(new)
+        report: ReloadReport = yield self._registry.reload_all(
+            self._settings.plugin_params, self._settings
+        )
+        log.info(
+            "Reloaded: {loaded} serving, added {added}, removed {removed}, failed {failed}",
+            loaded=len(report.loaded),
+            added=report.added,
+            removed=report.removed,
+            failed=sorted(report.failed),
+        )
+        result: Tuple[ReloadReport, Optional[str]] = (report, configError)
+        return result
+
+    def _applySettings(self, new: Settings) -> None:
+        old = self._settings
+        if new.listen != old.listen:
+            log.warn("Listeners changed in {path}: they take effect on restart", path=new.path)
+        if new.plugins_dir != old.plugins_dir:
+            log.warn("[paths] plugins changed in {path}: it takes effect on restart", path=new.path)
+        self.site.timeOut = new.idle_timeout
+        self.threadpool.adjustPoolsize(maxthreads=new.threads)
+        self._settings = new
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            log.critical("{error}", error=str(e))
+            self._stopListeners()
+            if self._exitOnListenError:
+                raise SystemExit(f"pluginserver: {e}") from None
+            raise
+
+    def _stopListeners(self) -> None:
+        for listener in list(self):
+            port = getattr(listener, "_waitingForPort", None)
+            if port is not None:
+                port.addCallback(lambda p: p.stopListening()).addErrback(lambda f: None)
+
+    def startService(self) -> None:
+        self._previousHup = signal.signal(signal.SIGHUP, self._onHup)
+        self.threadpool.start()
+        d = self._registry.load_all()
+        d.addCallback(self._loaded)
+        d.addErrback(lambda f: log.failure("Loading plugins failed", f))
+        super().startService()
+
+    def _loaded(self, report: ReloadReport) -> None:
+        log.info(
+            "Serving {count} plugins from {directory}: {names}",
+            count=len(report.loaded),
+            directory=self._registry.directory,
+            names=", ".join(report.loaded),
+        )
+
+    def _onHup(self, signum: int, frame: Any) -> None:
+        # Signal handlers run between two bytecodes of whatever the reactor
+        # was doing: hand the work to the reactor instead.
+        self._reactor.callFromThread(self._reloadOnHup)
+
+    def _reloadOnHup(self) -> None:
+        log.info("SIGHUP: reloading configuration and plugins")
+        self.reload_all().addErrback(lambda f: log.failure("Reload on SIGHUP failed", f))
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        if self._previousHup is not None:
+            signal.signal(signal.SIGHUP, self._previousHup)
+            self._previousHup = None
+        yield super().stopService()  # stop listening
+        yield self._drain(self._settings.shutdown_timeout)
+        yield self._registry.stop_all()
+        if self.threadpool.started:
+            self.threadpool.stop()
+        log.info("pluginserver stopped")
+
+    @defer.inlineCallbacks
+    def _drain(self, timeout: float) -> Any:
+        """
+        Wait until no request is in flight, or C{timeout} seconds.
+        """
+        waited = 0.0
+        step = 0.05
+        while self.site.inflight > 0 and waited < timeout:
+            yield task.deferLater(self._reactor, step, lambda: None)
+            waited += step
+        if self.site.inflight > 0:
+            log.warn(
+                "Stopping with {count} requests still in flight after {timeout} s",
+                count=self.site.inflight,
+                timeout=timeout,
+            )

@@ -1,0 +1,426 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+The HTTP face of the server: a root resource that dispatches plugin routes
+straight to the registry, and a Klein app for the utility routes
+(C{/plugins}, C{/reload/...}) and for everything no plugin serves.
+
+Every body is JSON, errors included: C{{"error": message}} with the right
+status.  A plugin's exception is logged with its traceback and answered
+C{500 {"error": "internal error"}}: no traceback, path or exception text
+reaches the client.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.http import Request as HTTPRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from pluginserver.config import Settings
+from pluginserver.plugin import Headers, HTTPError, PluginRequest, RawJSON
+from pluginserver.registry import LoadedPlugin, PluginRegistry, ReloadReport
+
+log = Logger()
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+_JSON = b"application/json"
+_FORM = b"application/x-www-form-urlencoded"
+
+
+class Runtime(Protocol):
+    """
+    What the web layer needs from the service that owns it.
+    """
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def registry(self) -> PluginRegistry: ...
+
+    def reload_all(self) -> "defer.Deferred[Tuple[ReloadReport, Optional[str]]]":
+        """
+        Re-read the configuration and reload every plugin.  Fires with the
+        registry's report and the configuration error, if any (the old
+        configuration then stays in force).
+        """
+        ...
+
+
+class BadRequest(Exception):
+    """
+    The request cannot be turned into a L{PluginRequest}; answered 400.
+    """
+
+
+def error_body(message: str) -> bytes:
+    """
+    The JSON body of an error answer.
+    """
+    return _encode({"error": message}).encode("utf-8")
+
+
+def encode_json(value: Any) -> bytes:
+    """
+    Encode a plugin's result; L{RawJSON} passes through unchanged.
+    """
+    if isinstance(value, RawJSON):
+        return value
+    return _encode(value).encode("utf-8")
+
+
+class _LazyHeaders(Headers):
+    """
+    Request headers decoded only when a plugin looks at them: most never do.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._decoded: Optional[Dict[str, str]] = None
+
+    @property  # type: ignore[override]
+    def _items(self) -> Dict[str, str]:
+        if self._decoded is None:
+            self._decoded = {
+                name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+                for name, values in self._raw.getAllRawHeaders()
+            }
+        return self._decoded
+
+
+def _decode(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"invalid UTF-8 in {what}") from None
+
+
+def _is_json_type(contentType: bytes) -> bool:
+    mime = contentType.split(b";", 1)[0].strip().lower()
+    return mime == _JSON or mime.endswith(b"+json")
+
+
+def read_body(request: HTTPRequest) -> bytes:
+    """
+    The request body, whether Twisted kept it in memory or in a file.
+    """
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    body: bytes = content.read()
+    content.seek(0)
+    return body
+
+
+def parse_arguments(request: HTTPRequest) -> Tuple[Dict[str, Any], Any, bytes]:
+    """
+    Merge the query string, form fields (urlencoded or multipart, as Twisted
+    parsed them) and the top-level fields of a JSON object body into one
+    dict; later sources win, and so does the last of repeated fields.
+    Returns that dict (C{apikey} included), the parsed JSON body (or
+    L{None}) and the raw body.
+    """
+    args: Dict[str, Any] = {}
+    multipart = (request.getHeader(b"content-type") or b"").lower().startswith(
+        b"multipart/"
+    )
+    for key, values in (request.args or {}).items():
+        if not values:
+            continue
+        name = _decode(key, "argument name")
+        value = values[-1]
+        if multipart:
+            # A file field may well be binary: hand over the bytes.
+            try:
+                args[name] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                args[name] = value
+        else:
+            args[name] = _decode(value, "argument " + repr(name))
+    body = read_body(request)
+    document: Any = None
+    if body:
+        contentType = request.getHeader(b"content-type") or b""
+        looksJSON = _is_json_type(contentType) or (
+            # curl -d '{...}' sends JSON as a form unless told otherwise.
+            (not contentType or contentType.lower().startswith(_FORM))
+            and body.lstrip()[:1] in (b"{", b"[")
+        )
+        if looksJSON:
+            try:
+                document = json.loads(body)
+            except ValueError:
+                if _is_json_type(contentType):
+                    raise BadRequest("malformed JSON body") from None
+                document = None
+            if isinstance(document, dict):
+                if not _is_json_type(contentType):
+                    # It was parsed as a form too: drop those keys.
+                    args = {k: v for k, v in args.items() if not k.lstrip().startswith(("{", "["))}
+                args.update(document)
+    return args, document, body
+
+
+def request_path(request: HTTPRequest) -> Tuple[str, bytes]:
+    """
+    Split the request path into its first segment and the raw rest.
+    """
+    path: bytes = request.path
+    slash = path.find(b"/", 1)
+    if slash == -1:
+        return path[1:].decode("latin-1"), b""
+    return path[1:slash].decode("latin-1"), path[slash + 1 :]
+
+
+class PluginServerResource(Resource):
+    """
+    The root of the site.  Plugin routes are dispatched here directly (a
+    dict lookup, no URL matching); everything else goes to the Klein app of
+    L{UtilityRoutes}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        reactor: Any,
+        threadpool: Optional[ThreadPool] = None,
+    ) -> None:
+        super().__init__()
+        self._runtime = runtime
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._utility: IResource = UtilityRoutes(runtime).app.resource()
+
+    def render(self, request: HTTPRequest) -> Any:
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [_JSON])
+        headers.setRawHeaders(b"x-content-type-options", [b"nosniff"])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        name, rest = request_path(request)
+        loaded = self._runtime.registry.get(name)
+        if loaded is None:
+            return self._utility.render(request)
+        return self._dispatch(request, loaded, rest)
+
+    # -- plugin dispatch ---------------------------------------------------
+
+    def _dispatch(self, request: HTTPRequest, loaded: LoadedPlugin, rest: bytes) -> Any:
+        method = request.method.decode("latin-1")
+        if method not in loaded.methods:
+            request.setHeader(b"allow", ", ".join(sorted(loaded.methods)).encode("ascii"))
+            return self._answer(request, 405, error_body("method not allowed"))
+        try:
+            args, document, body = parse_arguments(request)
+            args.pop("apikey", None)
+            subpath = _decode(unquote_to_bytes(rest), "path") if rest else ""
+        except BadRequest as e:
+            return self._answer(request, 400, error_body(str(e)))
+        preq = PluginRequest(
+            method=method,
+            subpath=subpath,
+            args=args,
+            json=document,
+            headers=_LazyHeaders(request.requestHeaders),
+            client=request.getClientAddress().host
+            if hasattr(request.getClientAddress(), "host")
+            else "",
+            body=body,
+        )
+        if loaded.blocking and self._threadpool is not None:
+            d = deferToThreadPool(self._reactor, self._threadpool, loaded.handle, preq)
+            return self._wait(request, loaded, d)
+        try:
+            result = loaded.handle(preq)
+        except HTTPError as e:
+            return self._answer(request, e.status, error_body(e.message))
+        except Exception:
+            self._logFailure(Failure(), request, loaded)
+            return self._answer(request, 500, error_body("internal error"))
+        if isinstance(result, types.CoroutineType):
+            return self._wait(request, loaded, defer.Deferred.fromCoroutine(result))
+        if isinstance(result, defer.Deferred):
+            return self._wait(request, loaded, result)
+        return self._result(request, loaded, result)
+
+    def _result(self, request: HTTPRequest, loaded: LoadedPlugin, result: Any) -> bytes:
+        status = 200
+        if type(result) is tuple and len(result) == 2 and type(result[0]) is int:
+            status, result = result
+        try:
+            body = encode_json(result)
+        except (TypeError, ValueError):
+            self._logFailure(Failure(), request, loaded)
+            return self._answer(request, 500, error_body("internal error"))
+        return self._answer(request, status, body)
+
+    def _answer(self, request: HTTPRequest, status: int, body: bytes) -> bytes:
+        request.setResponseCode(status)
+        if request.method == b"HEAD":
+            request.setHeader(b"content-length", b"%d" % (len(body),))
+            return b""
+        return body
+
+    def _wait(
+        self, request: HTTPRequest, loaded: LoadedPlugin, d: "defer.Deferred[Any]"
+    ) -> Any:
+        """
+        Answer when an asynchronous handler fires, or 504 when it runs past
+        C{request_timeout}; a client that goes away cancels it.
+        """
+        gone: List[bool] = []
+
+        def disconnected(reason: Failure) -> None:
+            gone.append(True)
+            d.cancel()
+
+        request.notifyFinish().addErrback(disconnected)
+        timeout = self._runtime.settings.request_timeout
+        timedOut: List[bool] = []
+
+        def onTimeout(result: Any, timeout: float) -> Any:
+            timedOut.append(True)
+            return result
+
+        d.addTimeout(timeout, self._reactor, onTimeoutCancel=onTimeout)
+
+        def succeeded(result: Any) -> None:
+            if gone:
+                return
+            body = self._result(request, loaded, result)
+            self._finish(request, body)
+
+        def failed(reason: Failure) -> None:
+            if gone:
+                return
+            if reason.check(HTTPError):
+                body = self._answer(request, reason.value.status, error_body(reason.value.message))
+            elif timedOut and reason.check(defer.CancelledError):
+                log.warn(
+                    "Plugin {plugin} generation {generation} did not answer "
+                    "{method} {path} within {timeout} s",
+                    plugin=loaded.name,
+                    generation=loaded.generation,
+                    method=request.method.decode("latin-1"),
+                    path=request.path.decode("latin-1"),
+                    timeout=timeout,
+                )
+                body = self._answer(request, 504, error_body("timeout"))
+            else:
+                self._logFailure(reason, request, loaded)
+                body = self._answer(request, 500, error_body("internal error"))
+            self._finish(request, body)
+
+        d.addCallbacks(succeeded, failed)
+        return NOT_DONE_YET
+
+    def _finish(self, request: HTTPRequest, body: bytes) -> None:
+        if request.method != b"HEAD":
+            request.setHeader(b"content-length", b"%d" % (len(body),))
+        request.write(body)
+        request.finish()
+
+    def _logFailure(self, failure: Failure, request: HTTPRequest, loaded: LoadedPlugin) -> None:
+        log.failure(
+            "Plugin {plugin} generation {generation} failed on {method} {path}",
+            failure,
+            plugin=loaded.name,
+            generation=loaded.generation,
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+        )
+
+
+def _json(request: Any, status: int, value: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", _JSON)
+    return encode_json(value)
+
+
+class UtilityRoutes:
+    """
+    The server's own routes, as a Klein app bound to one runtime.
+    """
+
+    app = Klein()
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @app.route("/plugins", methods=["GET", "POST"])
+    def plugins(self, request: Any) -> bytes:
+        registry = self._runtime.registry
+        return _json(
+            request,
+            200,
+            {
+                "loaded_plugins": sorted(registry.plugins),
+                "plugins": {
+                    name: loaded.describe() for name, loaded in sorted(registry.plugins.items())
+                },
+            },
+        )
+
+    @app.route("/reload/all", methods=["GET", "POST"])
+    @defer.inlineCallbacks
+    def reloadAll(self, request: Any) -> Iterator[Any]:
+        report, configError = yield self._runtime.reload_all()
+        failed = dict(report.failed)
+        if configError is not None:
+            failed["config"] = configError
+        body = {
+            "status": "All plugins reloaded" if not failed else "Some plugins failed to reload",
+            "loaded_plugins": report.loaded,
+            "added": report.added,
+            "removed": report.removed,
+            "failed": failed,
+        }
+        return _json(request, 500 if failed else 200, body)
+
+    @app.route("/reload/<name>", methods=["GET", "POST"])
+    @defer.inlineCallbacks
+    def reloadOne(self, request: Any, name: str) -> Iterator[Any]:
+        try:
+            outcome = yield self._runtime.registry.reload(name)
+        except KeyError:
+            return _json(request, 404, {"error": f"no plugin named {name!r}"})
+        body: Dict[str, Any] = {
+            "reloaded": outcome.name,
+            "success": outcome.success,
+            "generation": outcome.generation,
+        }
+        if not outcome.success:
+            body["error"] = outcome.error
+            return _json(request, 500, body)
+        return _json(request, 200, body)
+
+    @app.handle_errors(NotFound)
+    def notFound(self, request: Any, failure: Failure) -> bytes:
+        return _json(request, 404, {"error": "not found"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def notAllowed(self, request: Any, failure: Failure) -> bytes:
+        allowed = failure.value.valid_methods or []
+        request.setHeader(b"allow", ", ".join(sorted(allowed)).encode("ascii"))
+        return _json(request, 405, {"error": "method not allowed"})
+
+    @app.handle_errors(Exception)
+    def internalError(self, request: Any, failure: Failure) -> bytes:
+        log.failure("Utility route {path} failed", failure, path=request.path.decode("latin-1"))
+        return _json(request, 500, {"error": "internal error"})

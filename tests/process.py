@@ -1,0 +1,247 @@
+"""
+Real-process testing helpers: start C{twistd pluginserver} on 127.0.0.1 with
+a temporary configuration and plugins directory, talk to it with treq over
+TCP (and TLS), and always stop it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import treq
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+STARTUP_TIMEOUT = 20.0
+
+
+def twistd() -> str:
+    """
+    The twistd script of the Python running the tests.
+    """
+    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(candidate):
+        return candidate
+    found = shutil.which("twistd")
+    if found is None:
+        raise RuntimeError("twistd is not installed next to the test Python")
+    return found
+
+
+def free_port() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing listens on right now.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def sleep(seconds: float) -> "defer.Deferred[None]":
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class Server:
+    """
+    One twistd process and its files.
+
+    @ivar dir: a fresh directory holding ps.ini, plugins/ and the log.
+    """
+
+    def __init__(self, case: TestCase, ini: str = "", daemon: bool = False) -> None:
+        self.case = case
+        self.dir = os.path.abspath(case.mktemp())
+        self.plugins = os.path.join(self.dir, "plugins")
+        os.makedirs(self.plugins)
+        self.port = free_port()
+        self.config = os.path.join(self.dir, "ps.ini")
+        self.logfile = os.path.join(self.dir, "twistd.log")
+        self.pidfile = os.path.join(self.dir, "twistd.pid")
+        self.daemon = daemon
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.write_config(ini)
+        case.addCleanup(self.kill)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self, ini: str = "") -> None:
+        """
+        Write ps.ini: a listener on this server's port, its plugins
+        directory, and C{ini} after that.
+        """
+        base = (
+            f"[server]\nlisten = tcp:{self.port}:interface=127.0.0.1\n"
+            "shutdown_timeout = float:5\n"
+            "[paths]\nplugins = plugins\n"
+        )
+        with open(self.config, "w") as f:
+            f.write(base + textwrap.dedent(ini))
+
+    def write_plugin(self, name: str, source: str) -> None:
+        with open(os.path.join(self.plugins, name + ".py"), "w") as f:
+            f.write(textwrap.dedent(source))
+
+    def remove_plugin(self, name: str) -> None:
+        os.remove(os.path.join(self.plugins, name + ".py"))
+
+    def command(self, *extra: str) -> List[str]:
+        if self.daemon:
+            head = [twistd(), "--pidfile", self.pidfile, "--logfile", self.logfile]
+        else:
+            head = [twistd(), "-n", "--pidfile", self.pidfile]
+        return head + ["pluginserver", "--config", self.config, *extra]
+
+    def start_process(self, *extra: str) -> subprocess.Popen[bytes]:
+        """
+        Start twistd; do not wait for it to serve.
+        """
+        out = open(self.logfile if not self.daemon else self.logfile + ".out", "ab")
+        self.case.addCleanup(out.close)
+        self.process = subprocess.Popen(
+            self.command(*extra),
+            cwd=self.dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        return self.process
+
+    @defer.inlineCallbacks
+    def start(self, *extra: str) -> Any:
+        """
+        Start twistd and wait until it answers C{/plugins}.
+        """
+        self.start_process(*extra)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            try:
+                status, _ = yield self.get("/plugins")
+                if status == 200:
+                    return
+            except Exception:
+                pass
+            if self.process is not None and not self.daemon and self.process.poll() is not None:
+                raise AssertionError(f"twistd exited {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"twistd did not serve within {STARTUP_TIMEOUT} s:\n{self.log()}")
+            yield sleep(0.1)
+
+    def pool(self) -> HTTPConnectionPool:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.case.addCleanup(pool.closeCachedConnections)
+        return pool
+
+    @defer.inlineCallbacks
+    def request(
+        self, method: str, path: str, headers: Optional[Dict[str, str]] = None, **kwargs: Any
+    ) -> Any:
+        """
+        Fire with (status, decoded JSON body or None).
+        """
+        response = yield treq.request(
+            method,
+            self.url + path,
+            headers=headers,
+            pool=self.pool(),
+            timeout=10,
+            **kwargs,
+        )
+        raw = yield response.content()
+        return response.code, json.loads(raw) if raw else None
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def pid(self) -> int:
+        if self.daemon:
+            with open(self.pidfile) as f:
+                return int(f.read().strip())
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid(), signum)
+
+    @defer.inlineCallbacks
+    def wait_exit(self, timeout: float = 15.0) -> Any:
+        """
+        Fire with the exit status once the process has ended.
+        """
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"twistd did not exit within {timeout} s:\n{self.log()}")
+            yield sleep(0.05)
+        return self.process.returncode
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """
+        SIGTERM and wait; fire with the exit status.
+        """
+        self.signal(signal.SIGTERM)
+        status = yield self.wait_exit()
+        return status
+
+    def kill(self) -> None:
+        """
+        Make sure nothing is left running, whatever the test did.
+        """
+        pids = []
+        if self.process is not None and self.process.poll() is None:
+            pids.append(self.process.pid)
+        if self.daemon and os.path.exists(self.pidfile):
+            try:
+                pids.append(self.pid())
+            except ValueError:
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.process is not None:
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def log(self) -> str:
+        text = []
+        for path in (self.logfile, self.logfile + ".out"):
+            if os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    text.append(f.read())
+        return "".join(text)
+
+
+def run_twistd(args: Sequence[str], cwd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """
+    Run a twistd command to completion (for start-up failures).
+    """
+    return subprocess.run(
+        [twistd(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+

@@ -1,0 +1,308 @@
+"""
+In-memory route tests: treq's StubTreq against the server's resource, with a
+real registry over a temporary plugins directory.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from pluginserver.web import PluginServerResource
+
+from tests.helpers import FakeRuntime, PluginDir, plugin_source, settings_for
+
+URL = "http://localhost"
+
+ECHO = """
+from pluginserver import Plugin
+
+class Echo(Plugin):
+    def handle(self, request):
+        return {"method": request.method, "subpath": request.subpath,
+                "args": request.args, "json": request.json,
+                "client": request.client, "ua": request.headers.get("user-agent")}
+"""
+
+
+class ServerCase(TestCase):
+    """
+    A server over a temporary plugins directory, driven in memory.
+    """
+
+    def setUp(self) -> None:
+        self.dir = PluginDir(self)
+        self.clock = Clock()
+
+    @defer.inlineCallbacks
+    def serve(self, **settings: Any) -> Any:
+        self.registry = self.dir.registry(self)
+        yield self.registry.load_all()
+        self.runtime = FakeRuntime(self.registry, settings_for(self.dir.path, **settings))
+        self.resource = PluginServerResource(self.runtime, self.clock)
+        self.client = StubTreq(self.resource)
+
+    @defer.inlineCallbacks
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """
+        Make a request; fires with (status, headers, decoded JSON body or
+        None for an empty body).
+        """
+        response = yield self.client.request(method, URL + path, **kwargs)
+        raw = yield response.content()
+        headers = response.headers
+        if raw:
+            self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
+        return response.code, headers, json.loads(raw) if raw else None
+
+
+class PluginRouteTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_getAPlugin(self) -> Any:
+        self.dir.write("hello", plugin_source("{'hello': request.args.get('name', 'world')}"))
+        yield self.serve()
+        status, headers, body = yield self.call("GET", "/hello?name=you")
+        self.assertEqual((status, body), (200, {"hello": "you"}))
+        self.assertEqual(headers.getRawHeaders("x-content-type-options"), ["nosniff"])
+        self.assertEqual(headers.getRawHeaders("cache-control"), ["no-store"])
+
+    @defer.inlineCallbacks
+    def test_unknownRouteIsJSON404(self) -> Any:
+        yield self.serve()
+        for path in ("/nope", "/nope/deeper", "/", "/reload"):
+            status, _, body = yield self.call("GET", path)
+            self.assertEqual((status, body), (404, {"error": "not found"}), path)
+
+    @defer.inlineCallbacks
+    def test_subpathIsDecoded(self) -> Any:
+        self.dir.write("echo", ECHO)
+        yield self.serve()
+        _, _, body = yield self.call("GET", "/echo/a/b%20c")
+        self.assertEqual(body["subpath"], "a/b c")
+        _, _, body = yield self.call("GET", "/echo")
+        self.assertEqual(body["subpath"], "")
+
+    @defer.inlineCallbacks
+    def test_argumentsFromEverySource(self) -> Any:
+        self.dir.write("echo", ECHO)
+        yield self.serve()
+        _, _, body = yield self.call("POST", "/echo?q=1&apikey=k", data={"form": "2", "q": "3"})
+        self.assertEqual(body["args"], {"q": "3", "form": "2"})
+        _, _, body = yield self.call(
+            "POST", "/echo?q=1", json={"j": [1, 2], "apikey": "k", "n": None}
+        )
+        self.assertEqual(body["args"], {"q": "1", "j": [1, 2], "n": None})
+        self.assertEqual(body["json"], {"j": [1, 2], "apikey": "k", "n": None})
+        multipart = (
+            b"--B\r\nContent-Disposition: form-data; name=\"field\"\r\n\r\nv\r\n"
+            b"--B\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\nk\r\n"
+            b"--B\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"f.txt\"\r\n"
+            b"Content-Type: text/plain\r\n\r\ntext\r\n--B--\r\n"
+        )
+        _, _, body = yield self.call(
+            "POST",
+            "/echo",
+            data=multipart,
+            headers={"content-type": "multipart/form-data; boundary=B"},
+        )
+        self.assertEqual(body["args"], {"field": "v", "upload": "text"})
+
+    @defer.inlineCallbacks
+    def test_curlStyleJSONBodyWithFormContentType(self) -> Any:
+        self.dir.write("echo", ECHO)
+        yield self.serve()
+        _, _, body = yield self.call(
+            "POST",
+            "/echo",
+            data=b'{"a": 1}',
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        self.assertEqual(body["args"], {"a": 1})
+        self.assertEqual(body["json"], {"a": 1})
+
+    @defer.inlineCallbacks
+    def test_nonObjectJSONBodyIsPassedAsJSON(self) -> Any:
+        self.dir.write("echo", ECHO)
+        yield self.serve()
+        status, _, body = yield self.call(
+            "POST", "/echo", data=b"[1, 2]", headers={"content-type": "application/json"}
+        )
+        self.assertEqual((status, body["json"], body["args"]), (200, [1, 2], {}))
+
+    @defer.inlineCallbacks
+    def test_malformedJSONIs400(self) -> Any:
+        self.dir.write("echo", ECHO)
+        yield self.serve()
+        status, _, body = yield self.call(
+            "POST", "/echo", data=b"{nope", headers={"content-type": "application/json"}
+        )
+        self.assertEqual((status, body), (400, {"error": "malformed JSON body"}))
+
+    @defer.inlineCallbacks
+    def test_invalidUTF8Is400(self) -> Any:
+        self.dir.write("echo", ECHO)
+        yield self.serve()
+        status, _, body = yield self.call("GET", "/echo?x=%ff")
+        self.assertEqual((status, body), (400, {"error": "invalid UTF-8 in argument 'x'"}))
+        status, _, body = yield self.call("GET", "/echo/%ff")
+        self.assertEqual((status, body), (400, {"error": "invalid UTF-8 in path"}))
+
+    @defer.inlineCallbacks
+    def test_statusTupleAndHTTPError(self) -> Any:
+        self.dir.write("made", plugin_source("(201, {'made': True})"))
+        self.dir.write(
+            "refuse", plugin_source("None", extra="") .replace(
+                "return None", "raise HTTPError(409, 'already there')"
+            )
+        )
+        yield self.serve()
+        status, _, body = yield self.call("POST", "/made")
+        self.assertEqual((status, body), (201, {"made": True}))
+        status, _, body = yield self.call("GET", "/refuse")
+        self.assertEqual((status, body), (409, {"error": "already there"}))
+
+    @defer.inlineCallbacks
+    def test_exceptionIs500WithoutDetails(self) -> Any:
+        self.dir.write("boom", plugin_source("open('/secret/path/x')"))
+        self.dir.write("unencodable", plugin_source("object()"))
+        yield self.serve()
+        for path in ("/boom", "/unencodable"):
+            status, _, body = yield self.call("GET", path)
+            self.assertEqual((status, body), (500, {"error": "internal error"}))
+        self.assertEqual(len(self.flushLoggedErrors(FileNotFoundError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
+    @defer.inlineCallbacks
+    def test_asyncAndDeferredHandlers(self) -> Any:
+        self.dir.write(
+            "later",
+            "from twisted.internet import defer\n"
+            "from pluginserver import Plugin, HTTPError\n"
+            "class Later(Plugin):\n"
+            "    async def handle(self, request):\n"
+            "        value = await defer.succeed(request.subpath)\n"
+            "        if value == 'no':\n"
+            "            raise HTTPError(418, 'teapot')\n"
+            "        return {'later': value}\n",
+        )
+        self.dir.write("deferred", plugin_source("defer.succeed((202, 'accepted'))", extra="from twisted.internet import defer\n"))
+        yield self.serve()
+        status, _, body = yield self.call("GET", "/later/yes")
+        self.assertEqual((status, body), (200, {"later": "yes"}))
+        status, _, body = yield self.call("GET", "/later/no")
+        self.assertEqual((status, body), (418, {"error": "teapot"}))
+        status, _, body = yield self.call("GET", "/deferred")
+        self.assertEqual((status, body), (202, "accepted"))
+
+    @defer.inlineCallbacks
+    def test_slowHandlerTimesOutWith504(self) -> Any:
+        self.dir.write("slow", plugin_source("defer.Deferred()", extra="from twisted.internet import defer\n"))
+        yield self.serve(request_timeout=5.0)
+        d = self.call("GET", "/slow")
+        self.client.flush()
+        self.assertNoResult(d)
+        self.clock.advance(5)
+        self.client.flush()
+        status, _, body = yield d
+        self.assertEqual((status, body), (504, {"error": "timeout"}))
+
+    @defer.inlineCallbacks
+    def test_methodNotAllowedNamesAllowed(self) -> Any:
+        self.dir.write(
+            "getonly",
+            "from pluginserver import Plugin\n"
+            "class G(Plugin):\n    methods = ('GET',)\n"
+            "    def handle(self, request):\n        return {'m': request.method}\n",
+        )
+        yield self.serve()
+        status, headers, body = yield self.call("POST", "/getonly")
+        self.assertEqual((status, body), (405, {"error": "method not allowed"}))
+        self.assertEqual(headers.getRawHeaders("allow"), ["GET, HEAD"])
+        status, headers, body = yield self.call("HEAD", "/getonly")
+        self.assertEqual((status, body), (200, None))
+        self.assertEqual(headers.getRawHeaders("content-length"), [str(len(b'{"m":"HEAD"}'))])
+
+
+class UtilityRouteTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_pluginsListsEveryPlugin(self) -> Any:
+        self.dir.write("hello", plugin_source("1"))
+        yield self.serve()
+        status, _, body = yield self.call("GET", "/plugins")
+        self.assertEqual(status, 200)
+        self.assertEqual(body["loaded_plugins"], ["hello"])
+        info = body["plugins"]["hello"]
+        self.assertEqual(
+            sorted(info), ["auth", "file", "generation", "loaded_at", "module", "route"]
+        )
+        self.assertEqual((info["route"], info["generation"], info["auth"]), ("/hello", 1, "global"))
+        self.assertTrue(info["file"].endswith("hello.py"))
+
+    @defer.inlineCallbacks
+    def test_reloadOne(self) -> Any:
+        self.dir.write("p", plugin_source("'v1'"))
+        yield self.serve()
+        self.dir.write("p", plugin_source("'v2'"))
+        status, _, body = yield self.call("POST", "/reload/p")
+        self.assertEqual((status, body), (200, {"reloaded": "p", "success": True, "generation": 2}))
+        _, _, body = yield self.call("GET", "/p")
+        self.assertEqual(body, "v2")
+        self.dir.write("p", "x = (\n")
+        status, _, body = yield self.call("GET", "/reload/p")
+        self.assertEqual(status, 500)
+        self.assertEqual(
+            body,
+            {
+                "reloaded": "p",
+                "success": False,
+                "error": "SyntaxError: '(' was never closed (p.py, line 1)",
+                "generation": 2,
+            },
+        )
+        _, _, body = yield self.call("GET", "/p")
+        self.assertEqual(body, "v2")
+        status, _, body = yield self.call("GET", "/reload/nope")
+        self.assertEqual((status, body), (404, {"error": "no plugin named 'nope'"}))
+
+    @defer.inlineCallbacks
+    def test_reloadAll(self) -> Any:
+        self.dir.write("a", plugin_source("'a'"))
+        self.dir.write("gone", plugin_source("'gone'"))
+        yield self.serve()
+        self.dir.write("b", plugin_source("'b'"))
+        self.dir.remove("gone")
+        status, _, body = yield self.call("GET", "/reload/all")
+        self.assertEqual(
+            (status, body),
+            (
+                200,
+                {
+                    "status": "All plugins reloaded",
+                    "loaded_plugins": ["a", "b"],
+                    "added": ["b"],
+                    "removed": ["gone"],
+                    "failed": {},
+                },
+            ),
+        )
+        status, _, body = yield self.call("GET", "/b")
+        self.assertEqual((status, body), (200, "b"))
+        status, _, _ = yield self.call("GET", "/gone")
+        self.assertEqual(status, 404)
+        self.dir.write("a", "def (\n")
+        status, _, body = yield self.call("POST", "/reload/all")
+        self.assertEqual(status, 500)
+        self.assertEqual(list(body["failed"]), ["a"])
+        self.assertEqual(body["loaded_plugins"], ["a", "b"])
+
+    @defer.inlineCallbacks
+    def test_wrongMethodOnUtilityRoute(self) -> Any:
+        yield self.serve()
+        status, headers, body = yield self.call("DELETE", "/plugins")
+        self.assertEqual((status, body), (405, {"error": "method not allowed"}))
+        self.assertIn("GET", headers.getRawHeaders("allow")[0])
