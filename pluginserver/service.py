@@ -17,18 +17,18 @@ SIGHUP re-reads the configuration and reloads every plugin in-process.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request, Site
 
 from pluginserver.config import ConfigError, Settings
 from pluginserver.registry import PluginRegistry, ReloadReport
+from pluginserver.tls import TLSConfigError, load_context_factory, tls_endpoint
 from pluginserver.web import PluginServerResource
 
 log = Logger()
@@ -94,9 +94,20 @@ class _Listener(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(self, description: str, origin: str, reactor: Any, factory: Site) -> None:
-        super().__init__(serverFromString(reactor, description), factory)
+        endpoint, self.tls = tls_endpoint(reactor, description)
+        super().__init__(endpoint, factory)
         self.description = description
         self.origin = origin
+        self._reactor = reactor
+
+    def reload_certificate(self) -> None:
+        """
+        Read this TLS listener's key and certificate again; new connections
+        get the new pair.  Raises L{TLSConfigError} and keeps the old pair
+        when the new one does not load.
+        """
+        if self.tls is not None:
+            self.tls.current = load_context_factory(self._reactor, self.description)
 
     def privilegedStartService(self) -> None:
         try:
@@ -165,18 +176,33 @@ class PluginServerService(MultiService):
     @defer.inlineCallbacks
     def reload_all(self) -> Any:
         """
-        Re-read the configuration and reload every plugin that changed.
-        Fires with C{(report, config_error)}: on a configuration error the
-        old configuration stays in force and the plugins are still reloaded.
+        Re-read the configuration and the TLS certificates, and reload every
+        plugin that changed.  Fires with C{(report, failures)}: failures
+        maps C{"config"} or a listener to its error; what failed keeps its
+        old state (configuration, certificate) and the rest still reloads.
         """
-        configError: Optional[str] = None
+        failures: Dict[str, str] = {}
         try:
             new = self._reloadSettings()
         except ConfigError as e:
-            configError = str(e)
-            log.error("Configuration not reloaded: {error}", error=configError)
+            failures["config"] = str(e)
+            log.error("Configuration not reloaded: {error}", error=str(e))
         else:
             self._applySettings(new)
+        for listener in self:
+            if isinstance(listener, _Listener) and listener.tls is not None:
+                try:
+                    listener.reload_certificate()
+                except TLSConfigError as e:
+                    failures[listener.description] = str(e)
+                    log.error(
+                        "Certificate of {listener} not reloaded, the old one keeps "
+                        "serving: {error}",
+                        listener=listener.description,
+                        error=str(e),
+                    )
+                else:
+                    log.info("Certificate of {listener} reloaded", listener=listener.description)
         report: ReloadReport = yield self._registry.reload_all(
             self._settings.plugin_params, self._settings
         )
@@ -187,7 +213,7 @@ class PluginServerService(MultiService):
             removed=report.removed,
             failed=sorted(report.failed),
         )
-        result: Tuple[ReloadReport, Optional[str]] = (report, configError)
+        result: Tuple[ReloadReport, Dict[str, str]] = (report, failures)
         return result
 
     def _applySettings(self, new: Settings) -> None:

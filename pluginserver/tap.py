@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from pluginserver.config import ConfigError, Settings, load_settings
 from pluginserver.service import PluginServerService
+from pluginserver.tls import describe_tls_error, is_tls, load_context_factory
 
 
 class Options(usage.Options):
@@ -68,9 +69,13 @@ class Options(usage.Options):
 
         for description in settings.listen:
             try:
-                serverFromString(reactor, description)
+                if is_tls(description):
+                    # Loads key and certificate and checks they match.
+                    load_context_factory(reactor, description)
+                else:
+                    serverFromString(reactor, description)
             except Exception as e:
-                _fail(f"{_origin(settings)}: {description}: {_reason(e)}")
+                _fail(f"{_origin(settings)}: {description}: {describe_tls_error(e)}")
         self["settings"] = settings
 
 
@@ -78,21 +83,6 @@ def _origin(settings: Settings) -> str:
     if settings.listen_origin == "--listen":
         return "--listen"
     return f"{settings.path}: {settings.listen_origin}"
-
-
-def _reason(e: Exception) -> str:
-    """
-    Say what is wrong with an endpoint in words: OpenSSL's errors come as
-    nested lists of tuples.
-    """
-    if isinstance(e, OSError) and e.filename:
-        return f"{e.strerror}: {e.filename}"
-    args = getattr(e, "args", ())
-    if args and isinstance(args[0], list):
-        parts = [str(item[-1]) for item in args[0] if isinstance(item, tuple) and item]
-        if parts:
-            return f"{type(e).__name__}: {'; '.join(parts)}"
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _fail(message: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import types
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from klein import Klein
 from twisted.internet import defer
@@ -31,7 +31,14 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from pluginserver.config import Settings
 from pluginserver.plugin import Headers, HTTPError, PluginRequest, RawJSON
-from pluginserver.registry import LoadedPlugin, PluginRegistry, ReloadReport
+from pluginserver.registry import RESERVED_NAMES, LoadedPlugin, PluginRegistry, ReloadReport
+from pluginserver.security import (
+    WWW_AUTHENTICATE,
+    SecurityPolicy,
+    find_key,
+    keys_match,
+    preflight_headers,
+)
 
 log = Logger()
 
@@ -39,6 +46,7 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 _JSON = b"application/json"
 _FORM = b"application/x-www-form-urlencoded"
+_UTILITY_METHODS = frozenset({"GET", "HEAD", "POST"})
 
 
 class Runtime(Protocol):
@@ -52,11 +60,11 @@ class Runtime(Protocol):
     @property
     def registry(self) -> PluginRegistry: ...
 
-    def reload_all(self) -> "defer.Deferred[Tuple[ReloadReport, Optional[str]]]":
+    def reload_all(self) -> "defer.Deferred[Tuple[ReloadReport, Dict[str, str]]]":
         """
-        Re-read the configuration and reload every plugin.  Fires with the
-        registry's report and the configuration error, if any (the old
-        configuration then stays in force).
+        Re-read the configuration (and TLS certificates) and reload every
+        plugin.  Fires with the registry's report and the other failures by
+        what failed (C{"config"}, a listener), whose old state stays in force.
         """
         ...
 
@@ -207,40 +215,123 @@ class PluginServerResource(Resource):
         self._reactor = reactor
         self._threadpool = threadpool
         self._utility: IResource = UtilityRoutes(runtime).app.resource()
+        self._policySettings: Optional[Settings] = None
+        self._cachedPolicy = SecurityPolicy()
+
+    def _policy(self) -> SecurityPolicy:
+        settings = self._runtime.settings
+        if settings is not self._policySettings:
+            self._policySettings = settings
+            self._cachedPolicy = SecurityPolicy.from_settings(settings)
+        return self._cachedPolicy
 
     def render(self, request: HTTPRequest) -> Any:
         headers = request.responseHeaders
         headers.setRawHeaders(b"content-type", [_JSON])
         headers.setRawHeaders(b"x-content-type-options", [b"nosniff"])
         headers.setRawHeaders(b"cache-control", [b"no-store"])
+        policy = self._policy()
+        if policy.allowed_hosts is not None and not policy.host_allowed(
+            request.getHeader(b"host")
+        ):
+            return self._answer(request, 400, error_body("host not allowed"))
+        client = self._client(request, policy)
+        if not policy.address_allowed(client):
+            return self._answer(request, 403, error_body("forbidden"))
         name, rest = request_path(request)
         loaded = self._runtime.registry.get(name)
+        if policy.cors_enabled:
+            origin = request.getHeader(b"origin")
+            if origin is not None:
+                decision = policy.cors(origin)
+                if not decision.allowed:
+                    return self._answer(request, 403, error_body("origin not allowed"))
+                for header, value in decision.headers:
+                    headers.setRawHeaders(header, [value])
+                if request.method == b"OPTIONS" and request.getHeader(
+                    b"access-control-request-method"
+                ):
+                    # A preflight carries no credentials: answer it before
+                    # any key is asked for.
+                    methods = loaded.methods if loaded else _UTILITY_METHODS
+                    for header, value in preflight_headers(methods):
+                        headers.setRawHeaders(header, [value])
+                    request.setResponseCode(204)
+                    headers.removeHeader(b"content-type")
+                    return b""
         if loaded is None:
+            if name in RESERVED_NAMES and policy.apikey is not None:
+                try:
+                    _, document, _ = parse_arguments(request)
+                except BadRequest as e:
+                    return self._answer(request, 400, error_body(str(e)))
+                if not self._authorized(request, policy, policy.apikey, document):
+                    return self._unauthorized(request)
             return self._utility.render(request)
-        return self._dispatch(request, loaded, rest)
+        return self._dispatch(request, loaded, rest, policy, client)
+
+    def _client(self, request: HTTPRequest, policy: SecurityPolicy) -> str:
+        peer = getattr(request.getClientAddress(), "host", "")
+        if not policy.trusted_proxies:
+            return str(peer)
+        return policy.client_address(
+            str(peer), request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        )
+
+    def _authorized(
+        self, request: HTTPRequest, policy: SecurityPolicy, expected: str, document: Any
+    ) -> bool:
+        queryKey = bodyKey = None
+        values = request.args.get(b"apikey") if request.args else None
+        if values:
+            # Twisted merges the query and the form into request.args, query
+            # first: tell them apart, the query may not be allowed.
+            query = request.uri.partition(b"?")[2]
+            fromQuery = parse_qs(query).get(b"apikey", []) if query else []
+            if fromQuery:
+                queryKey = fromQuery[0].decode("utf-8", "replace")
+            fromForm = values[len(fromQuery) :]
+            if fromForm:
+                bodyKey = fromForm[0].decode("utf-8", "replace")
+        if isinstance(document, dict) and isinstance(document.get("apikey"), str):
+            bodyKey = document["apikey"]
+        given = find_key(request.requestHeaders, queryKey, bodyKey, policy.allow_query_key)
+        return keys_match(given, expected)
+
+    def _unauthorized(self, request: HTTPRequest) -> bytes:
+        request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
+        return self._answer(request, 401, error_body("unauthorized"))
 
     # -- plugin dispatch ---------------------------------------------------
 
-    def _dispatch(self, request: HTTPRequest, loaded: LoadedPlugin, rest: bytes) -> Any:
+    def _dispatch(
+        self,
+        request: HTTPRequest,
+        loaded: LoadedPlugin,
+        rest: bytes,
+        policy: SecurityPolicy,
+        client: str,
+    ) -> Any:
         method = request.method.decode("latin-1")
         if method not in loaded.methods:
             request.setHeader(b"allow", ", ".join(sorted(loaded.methods)).encode("ascii"))
             return self._answer(request, 405, error_body("method not allowed"))
         try:
             args, document, body = parse_arguments(request)
-            args.pop("apikey", None)
             subpath = _decode(unquote_to_bytes(rest), "path") if rest else ""
         except BadRequest as e:
             return self._answer(request, 400, error_body(str(e)))
+        expected = policy.required_key(loaded.params)
+        if expected is not None and not self._authorized(request, policy, expected, document):
+            return self._unauthorized(request)
+        args.pop("apikey", None)
         preq = PluginRequest(
             method=method,
             subpath=subpath,
             args=args,
             json=document,
             headers=_LazyHeaders(request.requestHeaders),
-            client=request.getClientAddress().host
-            if hasattr(request.getClientAddress(), "host")
-            else "",
+            client=client,
             body=body,
         )
         if loaded.blocking and self._threadpool is not None:
@@ -380,10 +471,9 @@ class UtilityRoutes:
     @app.route("/reload/all", methods=["GET", "POST"])
     @defer.inlineCallbacks
     def reloadAll(self, request: Any) -> Iterator[Any]:
-        report, configError = yield self._runtime.reload_all()
+        report, otherFailures = yield self._runtime.reload_all()
         failed = dict(report.failed)
-        if configError is not None:
-            failed["config"] = configError
+        failed.update(otherFailures)
         body = {
             "status": "All plugins reloaded" if not failed else "Some plugins failed to reload",
             "loaded_plugins": report.loaded,

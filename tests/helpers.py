@@ -6,14 +6,19 @@ write plugin files into, and registries that clean up after themselves.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import textwrap
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from pluginserver.registry import PluginRegistry
+from pluginserver.web import PluginServerResource
 
 _packages = itertools.count()
 
@@ -83,11 +88,11 @@ class FakeRuntime:
     def __init__(self, registry: PluginRegistry, settings: Any) -> None:
         self.registry = registry
         self.settings = settings
-        self.configError: Optional[str] = None
+        self.failures: Dict[str, str] = {}
 
     def reload_all(self) -> Any:
         d = self.registry.reload_all()
-        return d.addCallback(lambda report: (report, self.configError))
+        return d.addCallback(lambda report: (report, self.failures))
 
 
 def settings_for(directory: str, **changes: Any) -> Any:
@@ -100,3 +105,40 @@ def settings_for(directory: str, **changes: Any) -> Any:
 
     base = Settings(path="test.ini", listen=(), listen_origin="[server] listen", plugins_dir=directory)
     return attr.evolve(base, **changes)
+
+
+URL = "http://localhost"
+
+
+class ServerCase(TestCase):
+    """
+    A server over a temporary plugins directory, driven in memory.
+    """
+
+    def setUp(self) -> None:
+        self.dir = PluginDir(self)
+        self.clock = Clock()
+
+    @defer.inlineCallbacks
+    def serve(self, params: Optional[Mapping[str, Mapping[str, Any]]] = None, **settings: Any) -> Any:
+        """
+        Load the plugins written so far and serve them with these settings.
+        """
+        self.registry = self.dir.registry(self, params=params)
+        yield self.registry.load_all()
+        self.runtime = FakeRuntime(self.registry, settings_for(self.dir.path, **settings))
+        self.resource = PluginServerResource(self.runtime, self.clock)
+        self.client = StubTreq(self.resource)
+
+    @defer.inlineCallbacks
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """
+        Make a request; fires with (status, headers, decoded JSON body or
+        None for an empty body).
+        """
+        response = yield self.client.request(method, URL + path, **kwargs)
+        raw = yield response.content()
+        headers = response.headers
+        if raw:
+            self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
+        return response.code, headers, json.loads(raw) if raw else None

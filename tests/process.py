@@ -20,7 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import treq
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
+from treq.client import HTTPClient
+from twisted.internet.ssl import Certificate
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 STARTUP_TIMEOUT = 20.0
 
@@ -59,7 +61,14 @@ class Server:
     @ivar dir: a fresh directory holding ps.ini, plugins/ and the log.
     """
 
-    def __init__(self, case: TestCase, ini: str = "", daemon: bool = False) -> None:
+    def __init__(
+        self,
+        case: TestCase,
+        ini: str = "",
+        daemon: bool = False,
+        listen: Optional[str] = None,
+        trust: Optional[bytes] = None,
+    ) -> None:
         self.case = case
         self.dir = os.path.abspath(case.mktemp())
         self.plugins = os.path.join(self.dir, "plugins")
@@ -69,13 +78,18 @@ class Server:
         self.logfile = os.path.join(self.dir, "twistd.log")
         self.pidfile = os.path.join(self.dir, "twistd.pid")
         self.daemon = daemon
+        # {port} in listen is replaced with this server's port.
+        self.listen = (listen or "tcp:{port}:interface=127.0.0.1").format(port=self.port)
+        self.trust = trust
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.write_config(ini)
         case.addCleanup(self.kill)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.trust is not None else "http"
+        host = "localhost" if self.trust is not None else "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}"
 
     def write_config(self, ini: str = "") -> None:
         """
@@ -83,7 +97,7 @@ class Server:
         directory, and C{ini} after that.
         """
         base = (
-            f"[server]\nlisten = tcp:{self.port}:interface=127.0.0.1\n"
+            f"[server]\nlisten = {self.listen}\n"
             "shutdown_timeout = float:5\n"
             "[paths]\nplugins = plugins\n"
         )
@@ -120,15 +134,16 @@ class Server:
         return self.process
 
     @defer.inlineCallbacks
-    def start(self, *extra: str) -> Any:
+    def start(self, *extra: str, headers: Optional[Dict[str, str]] = None) -> Any:
         """
-        Start twistd and wait until it answers C{/plugins}.
+        Start twistd and wait until it answers C{/plugins} (with these
+        headers, e.g. a key).
         """
         self.start_process(*extra)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             try:
-                status, _ = yield self.get("/plugins")
+                status, _ = yield self.get("/plugins", headers=headers)
                 if status == 200:
                     return
             except Exception:
@@ -151,13 +166,14 @@ class Server:
         """
         Fire with (status, decoded JSON body or None).
         """
-        response = yield treq.request(
-            method,
-            self.url + path,
-            headers=headers,
-            pool=self.pool(),
-            timeout=10,
-            **kwargs,
+        client: Any = treq
+        if self.trust is not None:
+            policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(self.trust))
+            client = HTTPClient(Agent(reactor, contextFactory=policy, pool=self.pool()))
+        else:
+            kwargs["pool"] = self.pool()
+        response = yield client.request(
+            method, self.url + path, headers=headers, timeout=10, **kwargs
         )
         raw = yield response.content()
         return response.code, json.loads(raw) if raw else None

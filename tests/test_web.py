@@ -8,16 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
 
-from pluginserver.web import PluginServerResource
-
-from tests.helpers import FakeRuntime, PluginDir, plugin_source, settings_for
-
-URL = "http://localhost"
+from tests.helpers import ServerCase, plugin_source
 
 ECHO = """
 from pluginserver import Plugin
@@ -28,37 +21,6 @@ class Echo(Plugin):
                 "args": request.args, "json": request.json,
                 "client": request.client, "ua": request.headers.get("user-agent")}
 """
-
-
-class ServerCase(TestCase):
-    """
-    A server over a temporary plugins directory, driven in memory.
-    """
-
-    def setUp(self) -> None:
-        self.dir = PluginDir(self)
-        self.clock = Clock()
-
-    @defer.inlineCallbacks
-    def serve(self, **settings: Any) -> Any:
-        self.registry = self.dir.registry(self)
-        yield self.registry.load_all()
-        self.runtime = FakeRuntime(self.registry, settings_for(self.dir.path, **settings))
-        self.resource = PluginServerResource(self.runtime, self.clock)
-        self.client = StubTreq(self.resource)
-
-    @defer.inlineCallbacks
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """
-        Make a request; fires with (status, headers, decoded JSON body or
-        None for an empty body).
-        """
-        response = yield self.client.request(method, URL + path, **kwargs)
-        raw = yield response.content()
-        headers = response.headers
-        if raw:
-            self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
-        return response.code, headers, json.loads(raw) if raw else None
 
 
 class PluginRouteTests(ServerCase):

@@ -1,0 +1,233 @@
+# -*- test-case-name: tests.test_security -*-
+"""
+Who may ask what: API keys, the CORS origin allow-list, the client-address
+allow-list (with trusted proxies) and the Host-header allow-list.
+
+This module decides; the web layer asks it and answers.  It works on plain
+values (bytes from the wire, strings from the settings) so it can be tested
+without a request.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import ipaddress
+from typing import Any, FrozenSet, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+import attr
+
+from pluginserver.config import Settings
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+PREFLIGHT_HEADERS = b"Authorization, Content-Type, X-API-Key, X-Custom-Auth"
+PREFLIGHT_MAX_AGE = b"600"
+WWW_AUTHENTICATE = b'Bearer realm="pluginserver"'
+
+
+def keys_match(given: Optional[str], expected: str) -> bool:
+    """
+    Compare a presented key with the expected one in constant time (for
+    keys of the same length), so timing does not reveal how much matched.
+    """
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def find_key(
+    headers: Any,
+    query_key: Optional[str],
+    body_key: Optional[str],
+    allow_query_key: bool,
+) -> Optional[str]:
+    """
+    The API key a request presents; the first source found wins:
+    C{Authorization: Bearer}, C{X-API-Key}, C{X-Custom-Auth}, the body field
+    C{apikey}, and the query's C{apikey} only when C{allow_query_key} is on.
+
+    @param headers: the request's L{twisted.web.http_headers.Headers}.
+    """
+    authorization = headers.getRawHeaders(b"authorization")
+    if authorization:
+        scheme, _, credentials = authorization[0].partition(b" ")
+        if scheme.lower() == b"bearer" and credentials.strip():
+            return credentials.strip().decode("utf-8", "replace")
+    for name in (b"x-api-key", b"x-custom-auth"):
+        values = headers.getRawHeaders(name)
+        if values and values[0]:
+            return values[0].decode("utf-8", "replace")
+    if body_key is not None:
+        return body_key
+    if allow_query_key and query_key is not None:
+        return query_key
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_in(address: str, networks: Tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def _host_name(entry: str) -> str:
+    """
+    Normalise an allowed-hosts entry or a Host header value (without port):
+    lower case, IPv6 without brackets.
+    """
+    entry = entry.strip().lower()
+    if entry.startswith("[") and entry.endswith("]"):
+        return entry[1:-1]
+    return entry
+
+
+def host_without_port(host: bytes) -> str:
+    """
+    The host part of a C{Host} header: C{example.com:8080} -> C{example.com},
+    C{[::1]:8080} -> C{::1}.
+    """
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1 : text.find("]")] if "]" in text else text
+    if text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    return text
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class CORSDecision:
+    """
+    What to do with a request that carries an C{Origin}.
+
+    @ivar allowed: whether the origin may ask.
+    @ivar headers: response headers to add when it may.
+    """
+
+    allowed: bool
+    headers: Tuple[Tuple[bytes, bytes], ...] = ()
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class SecurityPolicy:
+    """
+    The security settings, in the form the request path uses them.
+    """
+
+    apikey: Optional[str] = None
+    allow_query_key: bool = False
+    cors_enabled: bool = False
+    cors_any: bool = False
+    cors_origins: FrozenSet[str] = frozenset()
+    access_allow: Optional[Tuple[Network, ...]] = None
+    trusted_proxies: Tuple[Network, ...] = ()
+    allowed_hosts: Optional[FrozenSet[str]] = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecurityPolicy:
+        origins = tuple(settings.cors_origins)
+        return cls(
+            apikey=settings.apikey or None,
+            allow_query_key=settings.allow_query_key,
+            cors_enabled=settings.cors_enabled,
+            cors_any=origins == ("*",),
+            cors_origins=frozenset(o for o in origins if o != "*"),
+            access_allow=tuple(settings.access_allow) if settings.access_allow is not None else None,
+            trusted_proxies=tuple(settings.trusted_proxies),
+            allowed_hosts=(
+                frozenset(_host_name(h) for h in settings.allowed_hosts)
+                if settings.allowed_hosts
+                else None
+            ),
+        )
+
+    def host_allowed(self, host: Optional[bytes]) -> bool:
+        """
+        Whether a request with this C{Host} header may be served (defence
+        against DNS rebinding).  Without an allow-list every host is.
+        """
+        if self.allowed_hosts is None:
+            return True
+        if not host:
+            return False
+        return host_without_port(host) in self.allowed_hosts
+
+    def client_address(self, peer: str, forwarded_for: Optional[Sequence[bytes]]) -> str:
+        """
+        The client's address: the peer's, unless the peer is a trusted proxy
+        that sent C{X-Forwarded-For}; then the nearest address in that chain
+        that is not itself a trusted proxy.
+        """
+        if not forwarded_for or not self.trusted_proxies:
+            return peer
+        if not _ip_in(peer, self.trusted_proxies):
+            return peer
+        chain = [
+            hop.strip()
+            for value in forwarded_for
+            for hop in value.decode("latin-1").split(",")
+            if hop.strip()
+        ]
+        for hop in reversed(chain):
+            if not _ip_in(hop, self.trusted_proxies):
+                return hop
+        return chain[0] if chain else peer
+
+    def address_allowed(self, address: str) -> bool:
+        """
+        Whether this client address is in C{[access] allow} (everyone is,
+        when the list is absent).
+        """
+        if self.access_allow is None:
+            return True
+        return _ip_in(address, self.access_allow)
+
+    def cors(self, origin: bytes) -> CORSDecision:
+        """
+        Decide on a request that carries C{Origin}.  Only called when CORS
+        is enabled.
+        """
+        text = origin.decode("latin-1").strip().lower().rstrip("/")
+        if self.cors_any:
+            # Any origin, never with credentials (browsers refuse the pair).
+            return CORSDecision(True, ((b"access-control-allow-origin", b"*"),))
+        if text in self.cors_origins:
+            return CORSDecision(
+                True,
+                (
+                    (b"access-control-allow-origin", origin.strip()),
+                    (b"vary", b"Origin"),
+                    (b"access-control-allow-credentials", b"true"),
+                ),
+            )
+        return CORSDecision(False)
+
+    def required_key(self, params: Mapping[str, Any]) -> Optional[str]:
+        """
+        The key a plugin with these params needs: its own (C{auth=plugin}),
+        none (C{auth=none}), or the global one (C{auth=global}, or no auth
+        param), which may itself be absent.
+        """
+        mode = params.get("auth", "global")
+        if mode == "none":
+            return None
+        if mode == "plugin":
+            key = params.get("apikey")
+            return str(key) if key else None
+        return self.apikey
+
+
+def preflight_headers(methods: Iterable[str]) -> Tuple[Tuple[bytes, bytes], ...]:
+    """
+    The extra headers of a 204 answer to a CORS preflight.
+    """
+    return (
+        (b"access-control-allow-methods", ", ".join(sorted(methods)).encode("ascii")),
+        (b"access-control-allow-headers", PREFLIGHT_HEADERS),
+        (b"access-control-max-age", PREFLIGHT_MAX_AGE),
+    )

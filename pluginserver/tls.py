@@ -1,0 +1,111 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+TLS listeners whose certificate can be replaced while they listen.
+
+An C{ssl:} endpoint string gives a Twisted endpoint holding an OpenSSL
+context factory.  We put a L{SwappableContextFactory} in front of it: every
+new connection asks it for a context, so swapping in a factory made from the
+new files serves the new certificate to new connections, while connections
+already open keep theirs.  A new pair that does not load (missing file,
+key that does not match the certificate) is refused before the swap, and the
+old one keeps serving.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+
+
+class TLSConfigError(Exception):
+    """
+    A TLS key or certificate could not be used; the message says why.
+    """
+
+
+def describe_tls_error(e: Exception) -> str:
+    """
+    Say what is wrong with a TLS key or certificate in words: OpenSSL's
+    errors come as nested lists of tuples.
+    """
+    if isinstance(e, TLSConfigError):
+        return str(e)
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    args = getattr(e, "args", ())
+    if args and isinstance(args[0], list):
+        parts = [str(item[-1]) for item in args[0] if isinstance(item, tuple) and item]
+        if parts:
+            return f"{type(e).__name__}: {'; '.join(parts)}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def is_tls(description: str) -> bool:
+    return description.split(":", 1)[0].strip().lower() == "ssl"
+
+
+def check_description(description: str) -> None:
+    """
+    Refuse what would weaken TLS: C{sslmethod=} replaces Twisted's TLS 1.2
+    floor with a single, possibly older, protocol version.
+    """
+    if is_tls(description) and "sslmethod=" in description.lower():
+        raise TLSConfigError("sslmethod= is not allowed: TLS 1.2 is the minimum and is never lowered")
+
+
+def load_context_factory(reactor: Any, description: str) -> Any:
+    """
+    Read the key and certificate of an C{ssl:} endpoint string and build
+    its context now, so that a bad pair is found here and not at the first
+    connection.
+    """
+    check_description(description)
+    try:
+        endpoint = serverFromString(reactor, description)
+        factory = _contextFactoryOf(endpoint)
+        factory.getContext()
+    except TLSConfigError:
+        raise
+    except Exception as e:
+        raise TLSConfigError(describe_tls_error(e)) from None
+    return factory
+
+
+def _contextFactoryOf(endpoint: IStreamServerEndpoint) -> Any:
+    # SSL4ServerEndpoint keeps its context factory in a private attribute:
+    # it is the one place Twisted offers to build it from an endpoint string.
+    factory = getattr(endpoint, "_sslContextFactory", None)
+    if factory is None:
+        raise TLSConfigError(f"{endpoint!r} has no TLS context factory")
+    return factory
+
+
+class SwappableContextFactory:
+    """
+    An OpenSSL context factory that hands out the context of whichever
+    factory it currently holds.
+    """
+
+    def __init__(self, current: Any) -> None:
+        self.current = current
+
+    def getContext(self) -> Any:
+        return self.current.getContext()
+
+
+def tls_endpoint(
+    reactor: Any, description: str
+) -> tuple[IStreamServerEndpoint, Optional[SwappableContextFactory]]:
+    """
+    The endpoint for C{description}; for C{ssl:} endpoints, with a
+    swappable context factory (also returned) in front of its own.
+    """
+    endpoint = serverFromString(reactor, description)
+    if not isinstance(endpoint, SSL4ServerEndpoint):
+        return endpoint, None
+    check_description(description)
+    swappable = SwappableContextFactory(_contextFactoryOf(endpoint))
+    endpoint._sslContextFactory = swappable
+    return endpoint, swappable

@@ -1,0 +1,264 @@
+"""
+Security in memory: API keys from every source, per-plugin auth, CORS,
+the address and Host allow-lists, and the headers every answer carries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from unittest import mock
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from pluginserver import security
+from pluginserver.security import SecurityPolicy, keys_match
+
+from tests.helpers import ServerCase, plugin_source
+
+KEY = "s3cret-global"
+PLUGIN_KEY = "s3cret-plugin"
+ARGS = plugin_source("request.args")
+
+
+def nets(*cidrs: str) -> Any:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+class KeyTests(ServerCase):
+    @defer.inlineCallbacks
+    def serveWithKeys(self, **settings: Any) -> Any:
+        self.dir.write("guarded", ARGS)
+        self.dir.write("own", ARGS)
+        self.dir.write("public", ARGS)
+        params = {
+            "own": {"auth": "plugin", "apikey": PLUGIN_KEY},
+            "public": {"auth": "none"},
+        }
+        yield self.serve(params=params, apikey=KEY, **settings)
+
+    @defer.inlineCallbacks
+    def assertUnauthorized(self, method: str, path: str, **kwargs: Any) -> Any:
+        status, headers, body = yield self.call(method, path, **kwargs)
+        self.assertEqual((status, body), (401, {"error": "unauthorized"}), path)
+        self.assertEqual(headers.getRawHeaders("www-authenticate"), ['Bearer realm="pluginserver"'])
+
+    @defer.inlineCallbacks
+    def test_everyKeySourceIsAccepted(self) -> Any:
+        yield self.serveWithKeys()
+        sources = [
+            dict(headers={"Authorization": f"Bearer {KEY}"}),
+            dict(headers={"X-API-Key": KEY}),
+            dict(headers={"X-Custom-Auth": KEY}),
+            dict(data={"apikey": KEY, "x": "1"}),
+            dict(json={"apikey": KEY, "x": "1"}),
+            dict(
+                data=(
+                    b"--B\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\n"
+                    + KEY.encode()
+                    + b"\r\n--B--\r\n"
+                ),
+                headers={"content-type": "multipart/form-data; boundary=B"},
+            ),
+        ]
+        for kwargs in sources:
+            status, _, body = yield self.call("POST", "/guarded", **kwargs)
+            self.assertEqual(status, 200, kwargs)
+            self.assertNotIn("apikey", body)
+
+    @defer.inlineCallbacks
+    def test_missingOrWrongKeyIsRefused(self) -> Any:
+        yield self.serveWithKeys()
+        yield self.assertUnauthorized("GET", "/guarded")
+        yield self.assertUnauthorized("GET", "/guarded", headers={"X-API-Key": "wrong"})
+        yield self.assertUnauthorized("GET", "/guarded", headers={"Authorization": f"Basic {KEY}"})
+        yield self.assertUnauthorized("POST", "/guarded", data={"apikey": KEY + "x"})
+        # The plugin's own key is not the global one, and vice versa.
+        yield self.assertUnauthorized("GET", "/own", headers={"X-API-Key": KEY})
+        status, _, _ = yield self.call("GET", "/own", headers={"X-API-Key": PLUGIN_KEY})
+        self.assertEqual(status, 200)
+        yield self.assertUnauthorized("GET", "/guarded", headers={"X-API-Key": PLUGIN_KEY})
+
+    @defer.inlineCallbacks
+    def test_queryKeyOnlyWhenAllowed(self) -> Any:
+        yield self.serveWithKeys()
+        yield self.assertUnauthorized("GET", f"/guarded?apikey={KEY}")
+        # A key in the query does not count even next to a wrong body key.
+        yield self.assertUnauthorized("POST", f"/guarded?apikey={KEY}", data={"apikey": "no"})
+        yield self.serveWithKeys(allow_query_key=True)
+        status, _, body = yield self.call("GET", f"/guarded?apikey={KEY}&x=1")
+        self.assertEqual((status, body), (200, {"x": "1"}))
+
+    @defer.inlineCallbacks
+    def test_publicPluginNeedsNoKey(self) -> Any:
+        yield self.serveWithKeys()
+        status, _, _ = yield self.call("GET", "/public")
+        self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_utilityRoutesNeedTheGlobalKey(self) -> Any:
+        yield self.serveWithKeys()
+        for path in ("/plugins", "/reload/all", "/reload/guarded"):
+            yield self.assertUnauthorized("GET", path)
+            yield self.assertUnauthorized("GET", path, headers={"X-API-Key": PLUGIN_KEY})
+            status, _, _ = yield self.call("GET", path, headers={"X-API-Key": KEY})
+            self.assertEqual(status, 200, path)
+        status, _, _ = yield self.call("POST", "/plugins", data={"apikey": KEY})
+        self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_noGlobalKeyMeansOpen(self) -> Any:
+        self.dir.write("p", ARGS)
+        yield self.serve()
+        status, _, _ = yield self.call("GET", "/p")
+        self.assertEqual(status, 200)
+        status, _, _ = yield self.call("GET", "/plugins")
+        self.assertEqual(status, 200)
+
+
+class ComparisonTests(SynchronousTestCase):
+    def test_keysAreComparedInConstantTime(self) -> None:
+        with mock.patch.object(security.hmac, "compare_digest", wraps=security.hmac.compare_digest) as spy:
+            self.assertTrue(keys_match("abc", "abc"))
+            self.assertFalse(keys_match("abd", "abc"))
+            self.assertFalse(keys_match(None, "abc"))
+        self.assertEqual(spy.call_count, 2)
+
+
+class CORSTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_allowedOriginIsEchoedWithCredentials(self) -> Any:
+        self.dir.write("p", ARGS)
+        yield self.serve(cors_enabled=True, cors_origins=("https://a.example",))
+        status, headers, _ = yield self.call("GET", "/p", headers={"Origin": "https://a.example"})
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.getRawHeaders("access-control-allow-origin"), ["https://a.example"])
+        self.assertEqual(headers.getRawHeaders("vary"), ["Origin"])
+        self.assertEqual(headers.getRawHeaders("access-control-allow-credentials"), ["true"])
+
+    @defer.inlineCallbacks
+    def test_otherOriginIsRefused(self) -> Any:
+        self.dir.write("p", ARGS)
+        yield self.serve(cors_enabled=True, cors_origins=("https://a.example",))
+        status, headers, body = yield self.call("GET", "/p", headers={"Origin": "https://evil.example"})
+        self.assertEqual((status, body), (403, {"error": "origin not allowed"}))
+        self.assertIsNone(headers.getRawHeaders("access-control-allow-origin"))
+
+    @defer.inlineCallbacks
+    def test_noOriginIsUnaffected(self) -> Any:
+        self.dir.write("p", ARGS)
+        yield self.serve(cors_enabled=True, cors_origins=("https://a.example",))
+        status, headers, _ = yield self.call("GET", "/p")
+        self.assertEqual(status, 200)
+        self.assertIsNone(headers.getRawHeaders("access-control-allow-origin"))
+
+    @defer.inlineCallbacks
+    def test_preflightNeedsNoKey(self) -> Any:
+        self.dir.write(
+            "p",
+            "from pluginserver import Plugin\n"
+            "class P(Plugin):\n    methods = ('GET', 'PUT')\n"
+            "    def handle(self, request):\n        return 1\n",
+        )
+        yield self.serve(cors_enabled=True, cors_origins=("https://a.example",), apikey=KEY)
+        status, headers, body = yield self.call(
+            "OPTIONS",
+            "/p",
+            headers={"Origin": "https://a.example", "Access-Control-Request-Method": "PUT"},
+        )
+        self.assertEqual((status, body), (204, None))
+        self.assertEqual(headers.getRawHeaders("access-control-allow-methods"), ["GET, HEAD, PUT"])
+        self.assertEqual(
+            headers.getRawHeaders("access-control-allow-headers"),
+            ["Authorization, Content-Type, X-API-Key, X-Custom-Auth"],
+        )
+        self.assertTrue(headers.getRawHeaders("access-control-max-age"))
+        self.assertEqual(headers.getRawHeaders("access-control-allow-origin"), ["https://a.example"])
+        # The real request still needs the key.
+        status, _, _ = yield self.call("PUT", "/p", headers={"Origin": "https://a.example"})
+        self.assertEqual(status, 401)
+
+    @defer.inlineCallbacks
+    def test_anyOriginNeverWithCredentials(self) -> Any:
+        self.dir.write("p", ARGS)
+        yield self.serve(cors_enabled=True, cors_origins=("*",))
+        status, headers, _ = yield self.call("GET", "/p", headers={"Origin": "https://who.example"})
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.getRawHeaders("access-control-allow-origin"), ["*"])
+        self.assertIsNone(headers.getRawHeaders("access-control-allow-credentials"))
+
+
+class AddressAndHostTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_clientOutsideTheAllowListIsForbidden(self) -> Any:
+        self.dir.write("p", plugin_source("request.client"))
+        yield self.serve(access_allow=nets("10.0.0.0/8"))
+        status, _, body = yield self.call("GET", "/p")
+        self.assertEqual((status, body), (403, {"error": "forbidden"}))
+        status, _, body = yield self.call("GET", "/plugins")
+        self.assertEqual((status, body), (403, {"error": "forbidden"}))
+
+    @defer.inlineCallbacks
+    def test_clientInsideTheAllowListIsServed(self) -> Any:
+        self.dir.write("p", plugin_source("request.client"))
+        yield self.serve(access_allow=nets("127.0.0.0/8", "::1"))
+        status, _, body = yield self.call("GET", "/p")
+        self.assertEqual((status, body), (200, "127.0.0.1"))
+
+    @defer.inlineCallbacks
+    def test_forwardedForFromATrustedProxy(self) -> Any:
+        self.dir.write("p", plugin_source("request.client"))
+        yield self.serve(
+            access_allow=nets("10.0.0.0/8"), trusted_proxies=nets("127.0.0.1")
+        )
+        status, _, body = yield self.call(
+            "GET", "/p", headers={"X-Forwarded-For": "192.0.2.9, 10.1.2.3"}
+        )
+        self.assertEqual((status, body), (200, "10.1.2.3"))
+        status, _, body = yield self.call("GET", "/p", headers={"X-Forwarded-For": "192.0.2.9"})
+        self.assertEqual((status, body), (403, {"error": "forbidden"}))
+
+    @defer.inlineCallbacks
+    def test_forwardedForFromAnyoneElseIsIgnored(self) -> Any:
+        self.dir.write("p", plugin_source("request.client"))
+        yield self.serve(trusted_proxies=nets("192.0.2.1"))
+        status, _, body = yield self.call("GET", "/p", headers={"X-Forwarded-For": "10.9.9.9"})
+        self.assertEqual((status, body), (200, "127.0.0.1"))
+
+    @defer.inlineCallbacks
+    def test_hostAllowList(self) -> Any:
+        self.dir.write("p", plugin_source("1"))
+        yield self.serve(allowed_hosts=("localhost", "127.0.0.1", "[::1]"))
+        for host in ("localhost", "localhost:8080", "127.0.0.1:1", "[::1]:8080", "LOCALHOST"):
+            status, _, _ = yield self.call("GET", "/p", headers={"Host": host})
+            self.assertEqual(status, 200, host)
+        status, headers, body = yield self.call("GET", "/p", headers={"Host": "evil.example"})
+        self.assertEqual((status, body), (400, {"error": "host not allowed"}))
+        self.assertEqual(headers.getRawHeaders("x-content-type-options"), ["nosniff"])
+        self.assertEqual(headers.getRawHeaders("cache-control"), ["no-store"])
+
+
+class PolicyTests(SynchronousTestCase):
+    def test_proxyChainSkipsTrustedHops(self) -> None:
+        policy = SecurityPolicy(trusted_proxies=nets("127.0.0.1", "10.0.0.0/8"))
+        self.assertEqual(
+            policy.client_address("127.0.0.1", [b"203.0.113.5, 10.0.0.2"]), "203.0.113.5"
+        )
+        self.assertEqual(policy.client_address("198.51.100.1", [b"10.0.0.2"]), "198.51.100.1")
+
+    def test_ipv6AndMappedAddresses(self) -> None:
+        policy = SecurityPolicy(access_allow=nets("127.0.0.0/8", "::1", "2001:db8::/32"))
+        self.assertTrue(policy.address_allowed("::1"))
+        self.assertTrue(policy.address_allowed("::ffff:127.0.0.1"))
+        self.assertTrue(policy.address_allowed("2001:db8::5"))
+        self.assertFalse(policy.address_allowed("2001:db9::5"))
+        self.assertFalse(policy.address_allowed("not an address"))
+
+    def test_requiredKey(self) -> None:
+        policy = SecurityPolicy(apikey="g")
+        self.assertEqual(policy.required_key({}), "g")
+        self.assertEqual(policy.required_key({"auth": "global"}), "g")
+        self.assertEqual(policy.required_key({"auth": "plugin", "apikey": "p"}), "p")
+        self.assertIsNone(policy.required_key({"auth": "none"}))
+        self.assertIsNone(SecurityPolicy().required_key({}))
