@@ -1,0 +1,616 @@
+# -*- test-case-name: tests.test_systeminfo -*-
+"""
+systeminfo: the host's cpu, memory, disks, network interfaces (with live
+rates), uptime, uname and package counts, served from a snapshot.
+
+C{GET /systeminfo} answers one JSON object with these sections (units in
+brackets; C{null} where a value is unknown or not yet measured):
+
+  - C{cpu}: C{model} (string), C{count} (logical cpus), C{percent} (busy
+    time since the previous sample, percent of all cpus), C{per_cpu}
+    (C{{"cpu0": percent, ...}}), C{freq_mhz} (current frequency, MHz),
+    C{loadavg} (C{{"1m", "5m", "15m"}}: run-queue length), C{times}
+    (C{{"user", "system", "idle", ...}}: every field psutil reports for this
+    OS, seconds of cpu time since boot, summed over all cpus).
+    C{percent} and C{per_cpu} values are C{null} until the second sample,
+    and 0.0 when no cpu time was accounted between two samples (as psutil).
+  - C{ram}, C{swap}: C{total}, C{available}, C{used}, C{free} (bytes),
+    C{percent} (used, percent).  Swap has no "available": it equals C{free}.
+  - C{disk}: a list of C{{device, mount, fstype, total, used, free}} (bytes)
+    plus C{percent} (used, percent), one per real local filesystem (no
+    proc/sysfs/tmpfs/overlay/squashfs/..., one entry per device: the
+    shortest mount path wins).  A mount whose usage call fails or takes more
+    than C{disk_timeout} has null numbers and an extra C{error} field
+    (C{"timeout"} or the OS error text); the others are unaffected.  A hung
+    call is not repeated: its late answer is used once it comes.
+  - C{net}: a list of C{{iface, addresses, is_up, bytes_sent, bytes_recv,
+    tx_bps, rx_bps}}: C{addresses} are CIDR strings (C{"192.168.1.2/24"},
+    C{"fe80::1/64"}), byte counters are totals since boot or the counter's
+    last reset (bytes), rates are bytes per second between the last two
+    samples.  A
+    rate is C{null} on an interface's first sample, and for the one
+    interval in which its counter went down (a reset or wrap: the traffic in
+    that interval is unknown, so no number is better than a wrong one).
+  - C{uptime}: C{seconds} (whole seconds since boot), C{boot_time} (unix
+    time, seconds), C{pretty} (C{"3 days, 4:05:06"}).
+  - C{info}: uname's C{sysname}, C{nodename}, C{release}, C{version},
+    C{machine} (strings).
+  - C{packages}: C{manager} (C{"dpkg"}, C{"apk"}, C{"pacman"}, C{"rpm"} or
+    null), C{installed} and C{upgradable} (counts; C{upgradable} is null
+    when it cannot be known without the network, e.g. no local package
+    index), C{checked_at} (unix time, seconds).  Null until the first check.
+  - C{sampled_at}: when this snapshot was taken (unix time, seconds).  The
+    data is never older than C{interval} plus the time one sample takes.
+
+C{GET /systeminfo/<section>} answers one section.  Below a section, a path
+names a field (C{cpu/percent}, C{cpu/loadavg/1m}); the C{disk} and C{net}
+lists are indexed by their natural key: C{net/eth0}, C{net/eth0/rx_bps},
+and for disks the mount path written after C{disk/}, its leading slash
+optional: C{disk//} or C{disk/%2F} (the root filesystem), C{disk//home} or
+C{disk/home}, C{disk//home/free}, C{disk//free} (root's C{free}).  An exact
+mount path wins over a field.  Anything unknown: 404.  The whole document
+and each section are L{RawJSON} encoded once per sample; a field is a plain
+value, encoded by the server.  C{start()} fires after the first sample, so a
+started plugin always has one (before that: 503 C{"no sample yet"}).
+
+Params: C{interval} (seconds between samples, default 1), C{disk_timeout}
+(seconds one disk-usage call may take, default 2), C{packages_interval}
+(seconds between package checks, default 3600; 0 disables them),
+C{packages_timeout} (seconds one package command may run, default 120).
+
+How it stays off the reactor: a C{LoopingCall} takes a whole sample in a
+thread (psutil, uname, disk usage) and never overlaps itself; the sections
+are encoded to JSON there, once per sample, and C{handle} only reads the
+published snapshot.  Each disk-usage call runs in its own daemon thread,
+waited for up to C{disk_timeout}; a call that hangs (a dead mount) is not
+repeated while it hangs, so it costs one thread however long it lasts and
+however often the plugin is reloaded.  Package commands run in a thread,
+under a timeout, and are killed by C{stop}.  CPU percentages are computed
+from C{cpu_times} deltas held by this instance, as psutil's C{cpu_percent}
+does, but without its module-global baseline, which two instances (the old
+and new generation during a reload) would steal from each other.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Container, Mapping, Sequence
+from datetime import timedelta
+from ipaddress import ip_address, ip_interface
+from typing import Any, ClassVar
+
+import psutil
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pluginserver.plugin import HTTPError, Plugin, PluginRequest, RawJSON
+
+SECTIONS = ("cpu", "ram", "swap", "disk", "net", "uptime", "info", "packages", "sampled_at")
+LIST_KEYS = {"disk": "mount", "net": "iface"}
+
+IGNORED_FSTYPES = frozenset(
+    "proc sysfs tmpfs devtmpfs devpts overlay overlayfs aufs squashfs cgroup cgroup2 "
+    "nsfs autofs mqueue debugfs tracefs securityfs pstore bpf configfs fusectl "
+    "hugetlbfs binfmt_misc rpc_pipefs ramfs efivarfs selinuxfs fuse.lxcfs "
+    "fuse.snapfuse fuse.gvfsd-fuse fuse.portal nfsd".split()
+)
+
+RunCommand = Callable[[Sequence[str], float], tuple[int, str] | None]
+"""Run argv with a timeout: C{(returncode, stdout)}, or None if it could not
+be run or timed out."""
+
+Doc = dict[str, Any]
+
+
+class _Probe:
+    """One disk-usage call in its own daemon thread."""
+
+    def __init__(self, call: Callable[[str], Any], mount: str) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        threading.Thread(
+            target=self._run, args=(call, mount), daemon=True, name=f"systeminfo-disk {mount}"
+        ).start()
+
+    def _run(self, call: Callable[[str], Any], mount: str) -> None:
+        try:
+            self.result = call(mount)
+        except Exception as e:  # noqa: BLE001 (reported for this mount only)
+            self.error = e
+        finally:
+            self.done.set()
+
+
+# In-flight disk probes by (psutil module, mount), shared by every instance
+# and kept across a reload of this module: a hung mount costs one thread.
+_DISK_PROBES: dict[tuple[Any, str], _Probe] = globals().get("_DISK_PROBES", {})
+_DISK_PROBES_LOCK: Any = globals().get("_DISK_PROBES_LOCK") or threading.Lock()
+
+
+def _num(value: Any, ndigits: int = 1) -> float | None:
+    """A finite float rounded, or None."""
+    if value is None:
+        return None
+    f = float(value)
+    return round(f, ndigits) if math.isfinite(f) else None
+
+
+def _encode(value: Any) -> RawJSON:
+    return RawJSON(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+
+
+def _cidr(address: str, netmask: str | None) -> str | None:
+    try:
+        addr = ip_address(address.split("%", 1)[0])
+        bits = int(ip_address(netmask)).bit_count() if netmask else addr.max_prefixlen
+        return str(ip_interface(f"{addr}/{bits}"))
+    except ValueError:
+        return None
+
+
+def _busy_total(t: Any) -> tuple[float, float]:
+    """(busy, total) cpu seconds, as psutil's cpu_percent counts them."""
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    return total - t.idle - getattr(t, "iowait", 0.0), total
+
+
+def _percent(old: Any, new: Any) -> float | None:
+    if old is None:
+        return None
+    (b1, t1), (b2, t2) = _busy_total(old), _busy_total(new)
+    if t2 <= t1 or b2 <= b1:
+        return 0.0  # no tick elapsed (samples < 10 ms apart): psutil says 0.0 too
+    return round(min(100.0, max(0.0, (b2 - b1) / (t2 - t1) * 100.0)), 1)
+
+
+def _rate(old: int | None, new: int | None, dt: float | None) -> float | None:
+    if old is None or new is None or not dt or dt <= 0 or new < old:
+        return None  # first sample, or the counter was reset: unknown
+    return round((new - old) / dt, 1)
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Processor", "cpu model"):
+                    return value.strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _dnf_updates(out: str) -> int:
+    """Count C{dnf check-update}'s "name.arch version repo" lines."""
+    count = 0
+    for line in out.splitlines():
+        if line.startswith("Obsoleting"):
+            break
+        fields = line.split()
+        count += len(fields) == 3 and "." in fields[0]
+    return count
+
+
+class SystemInfo(Plugin):
+    """The C{/systeminfo} route; see the module docstring."""
+
+    # Where each manager keeps the local index that "upgradable" is read
+    # from; no index, no answer (null) rather than a misleading 0.
+    index_globs: Mapping[str, str | None] = {
+        "dpkg": "/var/lib/apt/lists/*_Packages*",
+        "apk": "/var/cache/apk/APKINDEX.*",
+        "pacman": "/var/lib/pacman/sync/*.db",
+        "rpm": None,
+    }
+
+    def __init__(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        config: Any = None,
+        *,
+        clock: Any = None,  # an IReactorTime: the reactor, or a task.Clock in tests
+        ps: Any = psutil,
+        run_command: RunCommand | None = None,
+        defer_to_thread: Callable[..., Deferred[Any]] = deferToThread,
+        timer: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(name, params, config)
+        self.interval = self._param("interval", 1.0)
+        self.disk_timeout = self._param("disk_timeout", 2.0)
+        self.packages_interval = self._param("packages_interval", 3600.0, zero_ok=True)
+        self.packages_timeout = self._param("packages_timeout", 120.0)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock: IReactorTime = clock
+        self._ps = ps
+        self._run: RunCommand = run_command or self._run_command
+        self._defer_to_thread = defer_to_thread
+        self._timer, self._now = timer, now
+        self._log = Logger(namespace=f"pluginserver.plugins.{name}")
+        self._sampler = LoopingCall(self._sample_tick)
+        self._sampler.clock = self._clock
+        self._packages_loop = LoopingCall(self._packages_tick)
+        self._packages_loop.clock = self._clock
+        self._stopped = False
+        self._first: Deferred[None] | None = None
+        self._procs: set[subprocess.Popen[str]] = set()
+        self._procs_lock = threading.Lock()
+        # Sampler state: touched only by the (never overlapping) sample thread.
+        self._model: str | None = None
+        self._prev_cpu: Any = None
+        self._prev_per_cpu: Sequence[Any] = ()
+        self._prev_net: dict[str, tuple[int | None, int | None]] = {}
+        self._prev_t: float | None = None
+        # Published state: touched only on the reactor thread.
+        self._packages: Doc = {
+            "manager": None,
+            "installed": None,
+            "upgradable": None,
+            "checked_at": None,
+        }
+        self._packages_raw = _encode(self._packages)
+        self._sample: tuple[Doc, dict[str, RawJSON]] | None = None
+        self._doc: Doc | None = None
+        self._raw: dict[str, RawJSON] = {}
+
+    def _param(self, key: str, default: float, zero_ok: bool = False) -> float:
+        value = float(self.params.get(key, default))
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise ValueError(f"systeminfo: param {key} must be a positive number, not {value!r}")
+        return value
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Start the sampler and the package checks; fires after the first sample."""
+        first: Deferred[None] = Deferred()
+        self._first = first
+        self._sampler.start(self.interval, now=True)
+        if self.packages_interval > 0:
+            self._packages_loop.start(self.packages_interval, now=True)
+        return first
+
+    def stop(self) -> None:
+        """Stop both loops, kill package commands; late thread results are dropped."""
+        self._stopped = True
+        for loop in (self._sampler, self._packages_loop):
+            if loop.running:
+                loop.stop()
+        with self._procs_lock:
+            procs = list(self._procs)
+        for proc in procs:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+        self._fire_first()
+
+    def _fire_first(self) -> None:
+        first, self._first = self._first, None
+        if first is not None:
+            first.callback(None)
+
+    # -- requests: no system calls here, only the published snapshot --------
+
+    def handle(self, request: PluginRequest) -> Any:
+        doc, raw = self._doc, self._raw
+        if doc is None:
+            raise HTTPError(503, "no sample yet")
+        if not request.subpath.strip("/"):
+            return raw[""]
+        section, _, rest = request.subpath.partition("/")
+        if section not in SECTIONS:
+            raise HTTPError(404, f"unknown section: {section}")
+        if not rest:
+            return raw[section]
+        value = doc[section]
+        if section in LIST_KEYS:
+            value, rest = self._find_item(value, LIST_KEYS[section], section, rest)
+        for part in (p for p in rest.split("/") if p):
+            if not isinstance(value, dict) or part not in value:
+                raise HTTPError(404, f"unknown field: {request.subpath}")
+            value = value[part]
+        return value
+
+    @staticmethod
+    def _find_item(items: list[Doc], key: str, section: str, rest: str) -> tuple[Doc, str]:
+        """The item whose key (leading slash optional) is C{rest} or its
+        longest prefix, and the field path after it."""
+        best: tuple[int, Doc, str] | None = None
+        for item in items:
+            for name in {item[key], item[key].lstrip("/")}:
+                if rest == name:
+                    return item, ""
+                if rest.startswith(name + "/") and (best is None or len(name) > best[0]):
+                    best = (len(name), item, rest[len(name) + 1 :])
+        if best is None:
+            raise HTTPError(404, f"unknown {section}: {rest}")
+        return best[1], best[2]
+
+    # -- sampler -------------------------------------------------------------
+
+    def _sample_tick(self) -> Deferred[None]:
+        # Returning the Deferred makes LoopingCall wait for it: no overlap.
+        d = self._defer_to_thread(self._collect)
+        d.addCallback(self._publish_sample)
+        d.addErrback(self._failed, "sample failed")  # logged; the last snapshot stays
+        d.addCallback(lambda _: self._fire_first())
+        return d
+
+    def _failed(self, failure: Failure, what: str) -> None:
+        if not self._stopped:
+            self._log.failure(what, failure)
+
+    def _publish_sample(self, sample: tuple[Doc, dict[str, RawJSON]]) -> None:
+        if not self._stopped:
+            self._sample = sample
+            self._assemble()
+
+    def _assemble(self) -> None:
+        """Publish the latest sample with the latest package counts."""
+        if self._sample is None:
+            return
+        doc, raw = dict(self._sample[0]), dict(self._sample[1])
+        doc["packages"], raw["packages"] = self._packages, self._packages_raw
+        raw[""] = RawJSON(
+            b"{" + b",".join(b'"%s":%s' % (s.encode(), raw[s]) for s in SECTIONS) + b"}"
+        )
+        self._doc, self._raw = doc, raw
+
+    def _collect(self) -> tuple[Doc, dict[str, RawJSON]]:
+        """One sample, in a thread: every section but packages, encoded."""
+        ps = self._ps
+        t, wall = self._timer(), self._now()
+        dt = None if self._prev_t is None else t - self._prev_t
+        self._prev_t = t
+        doc: Doc = {
+            "cpu": self._cpu(),
+            "ram": self._memory(ps.virtual_memory()),
+            "swap": self._memory(ps.swap_memory()),
+            "disk": self._disks(),
+            "net": self._net(dt),
+            "uptime": self._uptime(ps.boot_time(), wall),
+            "info": self._info(),
+            "sampled_at": wall,
+        }
+        return doc, {key: _encode(value) for key, value in doc.items()}
+
+    def _cpu(self) -> Doc:
+        ps = self._ps
+        if self._model is None:
+            self._model = _cpu_model() or ""
+        times, per = ps.cpu_times(), ps.cpu_times(percpu=True)
+        prev_per = self._prev_per_cpu
+        per_cpu = {
+            f"cpu{i}": _percent(prev_per[i] if i < len(prev_per) else None, t)
+            for i, t in enumerate(per)
+        }
+        percent = _percent(self._prev_cpu, times)
+        self._prev_cpu, self._prev_per_cpu = times, per
+        try:
+            freq = ps.cpu_freq()
+        except (OSError, NotImplementedError, AttributeError):
+            freq = None
+        try:
+            load: Sequence[float] = ps.getloadavg()
+        except (OSError, AttributeError):
+            load = (None, None, None)  # type: ignore[assignment]
+        return {
+            "model": self._model or None,
+            "count": ps.cpu_count(),
+            "percent": percent,
+            "per_cpu": per_cpu,
+            "freq_mhz": _num(getattr(freq, "current", None)),
+            "loadavg": {k: _num(v, 2) for k, v in zip(("1m", "5m", "15m"), load)},
+            "times": {k: _num(v, 2) for k, v in times._asdict().items()},
+        }
+
+    @staticmethod
+    def _memory(m: Any) -> Doc:
+        return {
+            "total": m.total,
+            "available": getattr(m, "available", m.free),
+            "used": m.used,
+            "free": m.free,
+            "percent": _num(m.percent),
+        }
+
+    def _disks(self) -> list[Doc]:
+        chosen: dict[str, Any] = {}
+        parts = sorted(
+            self._ps.disk_partitions(all=False), key=lambda p: (len(p.mountpoint), p.mountpoint)
+        )
+        for p in parts:
+            if p.fstype not in IGNORED_FSTYPES and p.device not in chosen:
+                chosen[p.device] = p
+        probes = {}
+        with _DISK_PROBES_LOCK:  # reuse a probe still in flight: never two per mount
+            for p in chosen.values():
+                key = (self._ps, p.mountpoint)
+                if key not in _DISK_PROBES:
+                    _DISK_PROBES[key] = _Probe(self._ps.disk_usage, p.mountpoint)
+                probes[p.mountpoint] = _DISK_PROBES[key]
+            for key in [k for k, v in _DISK_PROBES.items() if k[0] is self._ps and v.done.is_set()]:
+                if key[1] not in probes:  # finished late for a mount now gone
+                    del _DISK_PROBES[key]
+        deadline = time.monotonic() + self.disk_timeout
+        disks = []
+        for p in sorted(chosen.values(), key=lambda p: p.mountpoint):
+            probe = probes[p.mountpoint]
+            entry: Doc = {"device": p.device, "mount": p.mountpoint, "fstype": p.fstype}
+            if probe.done.wait(max(0.0, deadline - time.monotonic())):
+                with _DISK_PROBES_LOCK:
+                    _DISK_PROBES.pop((self._ps, p.mountpoint), None)
+            if not probe.done.is_set() or probe.error is not None:
+                error = "timeout" if probe.error is None else getattr(probe.error, "strerror", None)
+                entry.update(dict.fromkeys(("total", "used", "free", "percent")))
+                entry["error"] = error or repr(probe.error)
+            else:
+                u = probe.result
+                entry.update(total=u.total, used=u.used, free=u.free, percent=_num(u.percent))
+            disks.append(entry)
+        return disks
+
+    def _net(self, dt: float | None) -> list[Doc]:
+        ps = self._ps
+        counters, addrs, stats = (
+            ps.net_io_counters(pernic=True),
+            ps.net_if_addrs(),
+            ps.net_if_stats(),
+        )
+        prev, self._prev_net = self._prev_net, {}
+        out = []
+        for iface in sorted(set(counters) | set(addrs)):
+            c = counters.get(iface)
+            sent, recv = (c.bytes_sent, c.bytes_recv) if c is not None else (None, None)
+            old_sent, old_recv = prev.get(iface, (None, None))
+            self._prev_net[iface] = (sent, recv)
+            cidrs = (
+                _cidr(a.address, a.netmask)
+                for a in addrs.get(iface, ())
+                if a.family in (socket.AF_INET, socket.AF_INET6)
+            )
+            out.append(
+                {
+                    "iface": iface,
+                    "addresses": [c for c in cidrs if c],
+                    "is_up": bool(stats[iface].isup) if iface in stats else None,
+                    "bytes_sent": sent,
+                    "bytes_recv": recv,
+                    "tx_bps": _rate(old_sent, sent, dt),
+                    "rx_bps": _rate(old_recv, recv, dt),
+                }
+            )
+        return out
+
+    @staticmethod
+    def _uptime(boot_time: float, wall: float) -> Doc:
+        seconds = max(0, int(wall - boot_time))
+        return {
+            "seconds": seconds,
+            "boot_time": boot_time,
+            "pretty": str(timedelta(seconds=seconds)),
+        }
+
+    @staticmethod
+    def _info() -> Doc:
+        u = os.uname() if hasattr(os, "uname") else platform.uname()
+        return dict(zip(("sysname", "nodename", "release", "version", "machine"), u[:5]))
+
+    # -- packages ------------------------------------------------------------
+
+    def _packages_tick(self) -> Deferred[None]:
+        d = self._defer_to_thread(self._check_packages)
+        d.addCallback(self._publish_packages)
+        d.addErrback(self._failed, "package check failed")
+        return d
+
+    def _publish_packages(self, packages: Doc) -> None:
+        if not self._stopped:
+            self._packages, self._packages_raw = packages, _encode(packages)
+            self._assemble()
+
+    # (manager, command listing installed packages, installed-line test)
+    MANAGERS: ClassVar[Sequence[tuple[str, Sequence[str], Callable[[str], bool]]]] = (
+        ("dpkg", ("dpkg-query", "-W", "-f", "${db:Status-Abbrev}\n"), lambda ln: ln[1:2] == "i"),
+        ("apk", ("apk", "info"), lambda ln: True),
+        ("pacman", ("pacman", "-Q"), lambda ln: True),
+        ("rpm", ("rpm", "-qa"), lambda ln: True),
+    )
+
+    # manager -> (command reading the local index, exit codes that answer, counter)
+    UPGRADES: ClassVar[Mapping[str, tuple[Sequence[str], Container[int], Callable[[str], int]]]] = {
+        "dpkg": (
+            ("apt-get", "-s", "-o", "Debug::NoLocking=1", "upgrade"),
+            (0,),
+            lambda out: sum(ln.startswith("Inst ") for ln in out.splitlines()),
+        ),
+        "apk": (
+            ("apk", "--no-network", "version", "-l", "<"),
+            (0,),
+            lambda out: sum(" < " in ln for ln in out.splitlines()),
+        ),
+        "pacman": (("pacman", "-Qu"), (0, 1), lambda out: len(_lines(out))),  # 1: none
+        "rpm": (("dnf", "-C", "-q", "check-update"), (0, 100), lambda out: _dnf_updates(out)),
+    }
+
+    def _check_packages(self) -> Doc:
+        """In a thread: the first manager that lists any package wins."""
+        result: Doc = {"manager": None, "installed": None, "upgradable": None}
+        for manager, argv, installed in self.MANAGERS:
+            got = None if self._stopped else self._run(argv, self.packages_timeout)
+            if got is None or got[0] != 0:
+                continue
+            count = sum(1 for ln in _lines(got[1]) if installed(ln))
+            if count:
+                result.update(
+                    manager=manager, installed=count, upgradable=self._upgradable(manager)
+                )
+                break
+        result["checked_at"] = self._now()
+        return result
+
+    def _upgradable(self, manager: str) -> int | None:
+        """Upgradable packages from the local index only (never the network)."""
+        pattern = self.index_globs.get(manager)
+        if manager not in self.UPGRADES or self._stopped or (pattern and not glob.glob(pattern)):
+            return None
+        argv, answered, count = self.UPGRADES[manager]
+        got = self._run(argv, self.packages_timeout)
+        return count(got[1]) if got is not None and got[0] in answered else None
+
+    def _run_command(self, argv: Sequence[str], timeout: float) -> tuple[int, str] | None:
+        """The default command runner: C locale, no stdin, killed on timeout or stop."""
+        env = dict(os.environ, LC_ALL="C", LANG="C")
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                text=True,
+                errors="replace",
+            )
+        except OSError:
+            return None  # not installed
+        with self._procs_lock:
+            self._procs.add(proc)
+        if self._stopped:  # stop() may have run just before the add
+            proc.kill()
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            self._log.warn(
+                "{argv} timed out after {timeout}s", argv=" ".join(argv), timeout=timeout
+            )
+            return None
+        finally:
+            with self._procs_lock:
+                self._procs.discard(proc)
+        return proc.returncode, out
+
+
+__all__ = ["SystemInfo"]
