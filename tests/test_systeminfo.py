@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer
+from twisted.internet.task import Clock, LoopingCall
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from plugins import systeminfo
 from plugins.systeminfo import SECTIONS, SystemInfo
@@ -735,3 +736,55 @@ class SamplerTests(Base):
             {"interval": "x"},
         ):
             self.assertRaises(ValueError, self.make, params=bad)
+
+
+class ReloadThroughRegistryTests(TestCase):
+    """
+    The bundled plugin, loaded from its file by a real registry and reloaded
+    over and over, as /reload/systeminfo does.
+    """
+
+    timeout = 120
+
+    @staticmethod
+    def runningSamplers() -> list[Any]:
+        import gc
+
+        return [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, LoopingCall)
+            and o.running
+            and type(getattr(o.f, "__self__", None)).__name__ == "SystemInfo"
+        ]
+
+    @defer.inlineCallbacks
+    def test_hundredReloadsLeaveOneSampler(self) -> Any:
+        import os
+        import shutil
+        import threading
+
+        from tests.helpers import PluginDir
+
+        plugins = PluginDir(self)
+        source = os.path.join(os.path.dirname(__file__), "..", "plugins", "systeminfo.py")
+        shutil.copy(source, plugins.path)
+        registry = plugins.registry(
+            self, params={"systeminfo": {"interval": 0.05, "packages_interval": 0}}
+        )
+        yield registry.load_all()
+        self.assertEqual(len(self.runningSamplers()), 1)
+        threadsBefore = threading.active_count()
+        fdsBefore = len(os.listdir("/proc/self/fd"))
+        for _ in range(100):
+            outcome = yield registry.reload("systeminfo")
+            self.assertTrue(outcome.success, outcome.error)
+        loaded = registry.get("systeminfo")
+        assert loaded is not None
+        self.assertEqual(loaded.generation, 101)
+        self.assertEqual(len(self.runningSamplers()), 1)
+        # Sampling threads come and go; none may pile up per generation.
+        self.assertLessEqual(threading.active_count(), threadsBefore + 2)
+        self.assertLessEqual(len(os.listdir("/proc/self/fd")), fdsBefore + 2)
+        yield registry.stop_all()
+        self.assertEqual(self.runningSamplers(), [])
