@@ -471,6 +471,7 @@ class Settings:
     max_body: int = 1048576
     request_timeout: float = 30.0
     idle_timeout: float = 60.0
+    header_timeout: float = 10.0
     shutdown_timeout: float = 10.0
     threads: int = 10
     allowed_hosts: Optional[Tuple[str, ...]] = None
@@ -802,6 +803,9 @@ class _Loader:
             ),
             idle_timeout=self.get(
                 "server", "idle_timeout", _seconds(False), 60.0
+            ),
+            header_timeout=self.get(
+                "server", "header_timeout", _seconds(False), 10.0
             ),
             shutdown_timeout=self.get(
                 "server", "shutdown_timeout", _seconds(True), 10.0

@@ -24,10 +24,11 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from pluginserver.config import ConfigError, Settings
 from pluginserver.registry import PluginRegistry, ReloadReport
+from pluginserver.site import PluginServerSite
 from pluginserver.tls import TLSConfigError, load_context_factory, tls_endpoint
 from pluginserver.web import PluginServerResource
 
@@ -38,51 +39,6 @@ class ListenError(Exception):
     """
     A listener could not be started; the message names it and the reason.
     """
-
-
-class PluginServerRequest(Request):
-    """
-    A request whose default content type is JSON, and which the site counts
-    while it is in flight.
-    """
-
-    defaultContentType = b"application/json"
-    _counted = False
-
-    def process(self) -> None:
-        self.site = self.channel.site
-        self.site.inflight += 1
-        self._counted = True
-        super().process()
-
-    def _uncount(self) -> None:
-        # Called from finish() or connectionLost(), whichever comes first.
-        if self._counted:
-            self._counted = False
-            self.site.inflight -= 1
-
-    def finish(self) -> None:
-        super().finish()
-        self._uncount()
-
-    def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
-        self._uncount()
-
-
-class PluginServerSite(Site):
-    """
-    A L{Site} that counts requests in flight, so a graceful stop can wait for
-    them.
-    """
-
-    requestFactory = PluginServerRequest
-    inflight = 0
-
-    def log(self, request: Any) -> None:
-        # twisted.web would send an access line per request to the main
-        # log; the access log is a file of its own, [server] access_log.
-        pass
 
 
 class _Listener(StreamServerEndpointService):
@@ -156,6 +112,7 @@ class PluginServerService(MultiService):
         self.resource = PluginServerResource(self, reactor, self.threadpool)
         self.site = PluginServerSite(self.resource, timeout=settings.idle_timeout, reactor=reactor)
         self.site.displayTracebacks = False
+        self._applyLimits(settings)
         self._previousHup: Any = None
         origin = settings.listen_origin
         if origin != "--listen":
@@ -222,9 +179,14 @@ class PluginServerService(MultiService):
             log.warn("Listeners changed in {path}: they take effect on restart", path=new.path)
         if new.plugins_dir != old.plugins_dir:
             log.warn("[paths] plugins changed in {path}: it takes effect on restart", path=new.path)
-        self.site.timeOut = new.idle_timeout
+        self._applyLimits(new)
         self.threadpool.adjustPoolsize(maxthreads=new.threads)
         self._settings = new
+
+    def _applyLimits(self, settings: Settings) -> None:
+        self.site.timeOut = settings.idle_timeout
+        self.site.max_body = settings.max_body
+        self.site.header_timeout = settings.header_timeout
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class Server:
         daemon: bool = False,
         listen: Optional[str] = None,
         trust: Optional[bytes] = None,
+        server: str = "",
     ) -> None:
         self.case = case
         self.dir = os.path.abspath(case.mktemp())
@@ -81,6 +82,7 @@ class Server:
         # {port} in listen is replaced with this server's port.
         self.listen = (listen or "tcp:{port}:interface=127.0.0.1").format(port=self.port)
         self.trust = trust
+        self.server_keys = textwrap.dedent(server)
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.write_config(ini)
         case.addCleanup(self.kill)
@@ -93,12 +95,12 @@ class Server:
 
     def write_config(self, ini: str = "") -> None:
         """
-        Write ps.ini: a listener on this server's port, its plugins
-        directory, and C{ini} after that.
+        Write ps.ini: a listener on this server's port, the C{server} keys,
+        its plugins directory, and C{ini} (other sections) after that.
         """
         base = (
             f"[server]\nlisten = {self.listen}\n"
-            "shutdown_timeout = float:5\n"
+            "shutdown_timeout = float:5\n" + self.server_keys +
             "[paths]\nplugins = plugins\n"
         )
         with open(self.config, "w") as f:

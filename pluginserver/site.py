@@ -1,0 +1,236 @@
+# -*- test-case-name: tests.test_limits -*-
+"""
+The HTTP protocol layer under the resource tree: limits twisted.web does not
+have on its own.
+
+  - A request body larger than C{max_body} is refused with 413 as soon as
+    its declared length is known, before any of it is read, and a chunked
+    body is cut off with 413 when it passes the limit: memory never grows
+    with what a client claims or sends (twisted.web has no body limit,
+    twisted#4898).
+  - A request's head (request line and headers) must arrive within
+    C{header_timeout} of its first byte, however slowly it trickles in
+    (slowloris); idle keep-alive connections close after C{idle_timeout}.
+  - The site counts requests in flight, so that a graceful stop can wait
+    for them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request, Site
+
+
+def _raw_response(status: bytes, message: str) -> bytes:
+    """
+    A complete response written straight to the transport, for the answers
+    given before there is a request to answer through.
+    """
+    body = json.dumps({"error": message}).encode("utf-8")
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"X-Content-Type-Options: nosniff\r\n"
+        b"Cache-Control: no-store\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % (len(body),)
+    ) + body
+
+
+TOO_LARGE = _raw_response(b"413 Request Entity Too Large", "request body too large")
+HEAD_TIMEOUT = _raw_response(b"408 Request Timeout", "request timeout")
+BAD_REQUEST = _raw_response(b"400 Bad Request", "bad request")
+URI_TOO_LONG = _raw_response(b"414 URI Too Long", "request line too long")
+HEADERS_TOO_LARGE = _raw_response(b"431 Request Header Fields Too Large", "request headers too large")
+
+LINGER = 2.0
+"""
+Seconds a refused connection is still read (and the data dropped) after
+the answer: closing at once, with unread data, makes the kernel send a reset
+that can destroy the answer before the client reads it.
+"""
+
+
+class _Discard:
+    """
+    Where the body of a refused request goes: nowhere.
+    """
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args: Any) -> int:
+        return 0
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class PluginServerRequest(Request):
+    """
+    A request that enforces the body limit and is counted while in flight.
+    """
+
+    defaultContentType = b"application/json"
+    _counted = False
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        site = self.channel.site
+        if length is not None and length > site.max_body:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        """
+        Answer 413 and close the connection; read no more of it.
+        """
+        self._refused = True
+        if self.content is not None:
+            self.content.close()
+        self.content = _Discard()  # type: ignore[assignment]
+        # Twisted would answer "100 Continue" after this: there is nothing
+        # to continue.
+        self.requestHeaders.removeHeader(b"expect")
+        self.channel.refuse(TOO_LARGE)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        self.site = self.channel.site
+        self.site.inflight += 1
+        self._counted = True
+        super().process()
+
+    def _uncount(self) -> None:
+        # Called from finish() or connectionLost(), whichever comes first.
+        if self._counted:
+            self._counted = False
+            self.site.inflight -= 1
+
+    def finish(self) -> None:
+        super().finish()
+        self._uncount()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._uncount()
+
+
+class PluginServerChannel(HTTPChannel):
+    """
+    An HTTP channel with a deadline for each request's head, and JSON
+    answers for heads it cannot accept.
+    """
+
+    _headDeadline: Optional[IDelayedCall] = None
+    _awaitingHead = True
+    _sawRequestLine = False
+    _refusing: Optional[IDelayedCall] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refusing is not None:
+            return
+        if self._awaitingHead and self._headDeadline is None:
+            self._headDeadline = self.callLater(self.site.header_timeout, self._headTimedOut)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refusing is not None:
+            return  # the rest of a buffer that arrived with the bad line
+        self._sawRequestLine = True
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(HEADERS_TOO_LARGE if self._sawRequestLine else URI_TOO_LONG)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own answer to a malformed head: an empty 400.
+        self.refuse(BAD_REQUEST)
+
+    def allHeadersReceived(self) -> None:
+        self._cancelHeadDeadline()
+        self._awaitingHead = False
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        self._awaitingHead = True
+        self._sawRequestLine = False
+
+    def _cancelHeadDeadline(self) -> None:
+        if self._headDeadline is not None:
+            if self._headDeadline.active():
+                self._headDeadline.cancel()
+            self._headDeadline = None
+
+    def _headTimedOut(self) -> None:
+        self._headDeadline = None
+        self.refuse(HEAD_TIMEOUT)
+
+    def refuse(self, response: bytes) -> None:
+        """
+        Answer with C{response} and close the connection, reading and
+        dropping what the client still sends for a moment (see L{LINGER}).
+        """
+        if self._refusing is not None or self.transport is None:
+            return
+        self._cancelHeadDeadline()
+        self.setTimeout(None)
+        transport = self.transport
+        # Stop LineReceiver's loop over the lines already buffered.
+        self.paused = True
+        transport.write(response)
+        self._refusing = self.callLater(LINGER, transport.abortConnection)
+        if hasattr(transport, "loseWriteConnection"):
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancelHeadDeadline()
+        if self._refusing is not None and self._refusing.active():
+            self._refusing.cancel()
+        super().connectionLost(reason)
+
+
+class PluginServerSite(Site):
+    """
+    The site: JSON requests with limits, counted while in flight.
+
+    @ivar max_body: the largest request body accepted, in bytes.
+    @ivar header_timeout: seconds a request's head may take to arrive.
+    @ivar inflight: requests being processed now.
+    """
+
+    requestFactory = PluginServerRequest
+    protocol = PluginServerChannel
+    inflight = 0
+    max_body = 1048576
+    header_timeout = 10.0
+
+    def log(self, request: Any) -> None:
+        # twisted.web would send an access line per request to the main
+        # log; the access log is a file of its own, [server] access_log.
+        pass
