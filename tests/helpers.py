@@ -60,7 +60,7 @@ class PluginDir:
             config,
             package=f"_test_plugins_{os.getpid()}_{next(_packages)}",
         )
-        case.addCleanup(registry.close)
+        case.addCleanup(registry.stop_all)
         return registry
 
 

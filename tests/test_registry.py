@@ -371,3 +371,72 @@ class LifecycleTests(TestCase):
         self.assertTrue(outcome.success)
         self.assertEqual(answer(registry, "s"), 2)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
+LEAKY = """
+from twisted.internet import task, threads
+from pluginserver import Plugin
+
+class Leaky(Plugin):
+    def start(self):
+        self.loop = task.LoopingCall(lambda: None)
+        self.loop.start(0.5)
+        return threads.deferToThread(sum, [VERSION, 1])
+
+    def stop(self):
+        self.loop.stop()
+
+    def handle(self, request):
+        return VERSION
+"""
+
+
+class LeakTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_threeHundredReloadsLeaveNothingBehind(self) -> Any:
+        """
+        After 300 reloads of a plugin that starts a LoopingCall and a
+        thread-pool task, no timer, thread, file descriptor, module or
+        instance of an old generation is left.
+        """
+        import gc
+        import os
+        import sys
+        import threading
+
+        from twisted.internet import reactor
+
+        plugins = PluginDir(self)
+        plugins.write("leaky", LEAKY + "\nVERSION = 0\n")
+        registry = plugins.registry(self)
+        yield registry.load_all()
+        # Warm up: the reactor's thread pool starts its workers once.
+        for version in (1, 2):
+            plugins.write("leaky", LEAKY + f"\nVERSION = {version}\n")
+            yield registry.reload("leaky")
+
+        def census() -> Any:
+            gc.collect()
+            loaded = registry.get("leaky")
+            assert loaded is not None
+            package = loaded.module.rpartition(".")[0]
+            return {
+                "timers": len(reactor.getDelayedCalls()),
+                "threads": threading.active_count(),
+                "fds": len(os.listdir("/proc/self/fd")),
+                "modules": len([m for m in sys.modules if m.startswith(package)]),
+                "instances": len(
+                    [o for o in gc.get_objects() if type(o).__name__ == "Leaky"]
+                ),
+            }
+
+        before = census()
+        self.assertEqual(before["instances"], 1)
+        for version in range(3, 303):
+            plugins.write("leaky", LEAKY + f"\nVERSION = {version}\n")
+            outcome = yield registry.reload("leaky")
+            self.assertTrue(outcome.success, outcome.error)
+        self.assertEqual(answer(registry, "leaky"), 302)
+        self.assertEqual(census(), before)

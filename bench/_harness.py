@@ -1,0 +1,245 @@
+"""
+What the bench scripts share: free ports, a temporary pluginserver
+configuration, starting processes (optionally pinned to a CPU) and always
+stopping them, waiting until a server answers, and reading its memory.
+
+Standard library and psutil only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import IO, Dict, List, Optional, Sequence, Tuple
+
+import psutil  # type: ignore[import-untyped]
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+class BenchError(Exception):
+    """
+    The benchmark cannot run; the message says why.
+    """
+
+
+def free_port() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing listens on right now.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def twistd() -> str:
+    """
+    The twistd script next to the running Python (the venv's).
+    """
+    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(candidate):
+        raise BenchError(
+            f"no twistd next to {sys.executable}: run this with the venv's "
+            "python, in which pluginserver is installed"
+        )
+    return candidate
+
+
+def write_config(
+    directory: str,
+    port: int,
+    plugins_dir: str,
+    extra: str = "",
+) -> str:
+    """
+    Write a pluginserver ps.ini into C{directory}: one listener on
+    127.0.0.1:C{port}, the given plugins directory, no API key, no CORS, no
+    Host check.  C{extra} is appended (more keys or sections).
+    """
+    path = os.path.join(directory, "ps.ini")
+    with open(path, "w") as f:
+        f.write(
+            "[server]\n"
+            f"listen = tcp:{port}:interface=127.0.0.1\n"
+            "shutdown_timeout = float:2\n"
+            f"{extra}"
+            "\n[paths]\n"
+            f"plugins = {plugins_dir}\n"
+            "\n[auth]\n"
+            "apikey =\n"
+            "\n[plugin_parms]\n"
+            "systeminfo = interval=float:1\n"
+        )
+    return path
+
+
+def pinned(command: Sequence[str], cpu: Optional[int]) -> List[str]:
+    """
+    C{command} run under C{taskset -c cpu} when a CPU is given.  taskset
+    execs the command, so the process id stays the command's.
+    """
+    if cpu is None:
+        return list(command)
+    return ["taskset", "-c", str(cpu), *command]
+
+
+class Processes:
+    """
+    The processes a bench script started; L{stop_all} ends every one of
+    them (SIGTERM, then SIGKILL after L{STOP_TIMEOUT}).
+    """
+
+    def __init__(self) -> None:
+        self._started: List[Tuple[str, "subprocess.Popen[bytes]", Optional[IO[bytes]]]] = []
+
+    def start(
+        self,
+        name: str,
+        command: Sequence[str],
+        cwd: str,
+        log_path: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+    ) -> "subprocess.Popen[bytes]":
+        """
+        Start C{command} in C{cwd}, its output (stdout and stderr) going to
+        C{log_path} (or discarded).
+        """
+        out: Optional[IO[bytes]] = open(log_path, "ab") if log_path else None
+        try:
+            process = subprocess.Popen(
+                list(command),
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+        except BaseException:
+            if out is not None:
+                out.close()
+            raise
+        self._started.append((name, process, out))
+        return process
+
+    def stop(self, process: "subprocess.Popen[bytes]") -> Optional[int]:
+        """
+        Stop one process: SIGTERM, then SIGKILL when it has not ended in time.
+        Returns its exit status.
+        """
+        if process.poll() is None:
+            try:
+                process.send_signal(signal.SIGTERM)
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            except ProcessLookupError:
+                pass
+        return process.returncode
+
+    def stop_all(self) -> None:
+        """
+        Stop every started process, the newest first.
+        """
+        while self._started:
+            _name, process, out = self._started.pop()
+            try:
+                self.stop(process)
+            finally:
+                if out is not None:
+                    out.close()
+
+
+def child_env() -> Dict[str, str]:
+    """
+    The environment for the servers: ours, without an API key that would
+    make every route answer 401.
+    """
+    env = dict(os.environ)
+    env.pop("PS_APIKEY", None)
+    return env
+
+
+def http_get(port: int, path: str, timeout: float = 10.0) -> Tuple[int, Dict[str, str], bytes]:
+    """
+    One GET on a fresh connection: status, headers (lower-case names), body.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, headers, body
+    finally:
+        connection.close()
+
+
+def wait_until_serving(
+    port: int,
+    path: str,
+    process: "subprocess.Popen[bytes]",
+    log_path: Optional[str],
+    timeout: float = STARTUP_TIMEOUT,
+) -> None:
+    """
+    Wait until C{GET path} answers 200; fail (with the log's tail) if the
+    process exits or C{timeout} passes first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, _, _ = http_get(port, path, timeout=2.0)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        if process.poll() is not None:
+            raise BenchError(
+                f"{process.args!r} exited with status {process.returncode}:\n"
+                + log_tail(log_path)
+            )
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{process.args!r} did not answer {path} within {timeout:.0f} s:\n"
+                + log_tail(log_path)
+            )
+        time.sleep(0.1)
+
+
+def log_tail(path: Optional[str], lines: int = 30) -> str:
+    """
+    The last lines of a log file, for error messages.
+    """
+    if not path or not os.path.exists(path):
+        return "(no log)"
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def rss_mb(pid: int) -> float:
+    """
+    Resident memory of a process, in MB (10^6 bytes).
+    """
+    return float(psutil.Process(pid).memory_info().rss) / 1e6
+
+
+def server_cpus() -> Tuple[Optional[int], Optional[int]]:
+    """
+    (servers' CPU, load generator's CPU): 0 and 1 when taskset exists and
+    there are two CPUs or more; no pinning otherwise.
+    """
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return None, None
+    return 0, 1
