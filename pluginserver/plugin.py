@@ -72,10 +72,11 @@ class Headers(Mapping[str, str]):
         return f"Headers({self._items!r})"
 
 
-@attr.s(auto_attribs=True, frozen=True, slots=True)
+@attr.s(auto_attribs=True, slots=True)
 class PluginRequest:
     """
-    What a plugin's C{handle} receives.
+    What a plugin's C{handle} receives; read it, do not change it.  (Not
+    frozen: a frozen class costs measurably on every request.)
 
     @ivar method: the HTTP method, upper case (C{"GET"}, C{"POST"}, ...).
     @ivar subpath: the path below the plugin's route, without the leading

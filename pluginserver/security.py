@@ -76,6 +76,12 @@ def _ip_in(address: str, networks: Tuple[Network, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
+@functools.lru_cache(maxsize=1024)
+def _host_in(host: bytes, allowed: FrozenSet[str]) -> bool:
+    # Clients send the same few Host headers over and over.
+    return host_without_port(host) in allowed
+
+
 def _host_name(entry: str) -> str:
     """
     Normalise an allowed-hosts entry or a Host header value (without port):
@@ -155,7 +161,7 @@ class SecurityPolicy:
             return True
         if not host:
             return False
-        return host_without_port(host) in self.allowed_hosts
+        return _host_in(host, self.allowed_hosts)
 
     def client_address(self, peer: str, forwarded_for: Optional[Sequence[bytes]]) -> str:
         """

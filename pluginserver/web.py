@@ -42,7 +42,33 @@ from pluginserver.security import (
 
 log = Logger()
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+def _make_encoder() -> Callable[[Any], str]:
+    """
+    A compact JSON encoder made once: json.dumps builds its C encoder anew
+    on every call, which costs more than encoding a small answer.  Without
+    the circular-reference check a cyclic value raises RecursionError, which
+    is answered like any unencodable value.
+    """
+    try:
+        from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - CPython always has them
+        c_make_encoder = None
+    if c_make_encoder is None or c_encode_basestring is None:  # pragma: no cover
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    encoder = c_make_encoder(
+        None, fallback.default, c_encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return c_encode_basestring(value)  # type: ignore[no-any-return]
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_encode = _make_encoder()
 
 _JSON = b"application/json"
 _FORM = b"application/x-www-form-urlencoded"
@@ -129,6 +155,10 @@ def read_body(request: HTTPRequest) -> bytes:
     content = request.content
     if content is None:
         return b""
+    getvalue = getattr(content, "getvalue", None)
+    if getvalue is not None:
+        value: bytes = getvalue()  # BytesIO: no seeking needed
+        return value
     content.seek(0)
     body: bytes = content.read()
     content.seek(0)
@@ -144,10 +174,11 @@ def parse_arguments(request: HTTPRequest) -> Tuple[Dict[str, Any], Any, bytes]:
     L{None}) and the raw body.
     """
     args: Dict[str, Any] = {}
-    multipart = (request.getHeader(b"content-type") or b"").lower().startswith(
+    raw = request.args
+    multipart = bool(raw) and (request.getHeader(b"content-type") or b"").lower().startswith(
         b"multipart/"
     )
-    for key, values in (request.args or {}).items():
+    for key, values in (raw or {}).items():
         if not values:
             continue
         name = _decode(key, "argument name")
@@ -260,6 +291,9 @@ class PluginServerResource(Resource):
                     headers.removeHeader(b"content-type")
                     return b""
         if loaded is None:
+            # Klein finds its routes in postpath, which our Request leaves
+            # empty: no plugin route needs it.
+            request.postpath = [unquote_to_bytes(segment) for segment in request.path[1:].split(b"/")]
             if name in RESERVED_NAMES and policy.apikey is not None:
                 try:
                     _, document, _ = parse_arguments(request)
@@ -356,7 +390,7 @@ class PluginServerResource(Resource):
             status, result = result
         try:
             body = encode_json(result)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             self._logFailure(Failure(), request, loaded)
             return self._answer(request, 500, error_body("internal error"))
         return self._answer(request, status, body)
