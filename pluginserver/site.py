@@ -24,6 +24,7 @@ from typing import Any, Optional, Set
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
 
@@ -49,12 +50,64 @@ BAD_REQUEST = _raw_response(b"400 Bad Request", "bad request")
 URI_TOO_LONG = _raw_response(b"414 URI Too Long", "request line too long")
 HEADERS_TOO_LARGE = _raw_response(b"431 Request Header Fields Too Large", "request headers too large")
 
+_NO_METHOD_YET = Request.method  # what a request's method is until it is received
+
 LINGER = 2.0
 """
 Seconds a refused connection is still read (and the data dropped) after
 the answer: closing at once, with unread data, makes the kernel send a reset
 that can destroy the answer before the client reads it.
 """
+
+
+DEFAULT_HEADERS = (
+    (b"content-type", b"application/json"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+)
+"""Headers every answer carries (a plugin's, an error's, a utility route's)."""
+
+
+def _bulk_header_setter() -> Any:
+    """
+    Setting four headers one by one costs a measurable share of a small
+    answer.  twisted.web keeps headers in a dict under canonical names:
+    learn those names from Headers itself, and fall back to the public
+    API if that dict ever goes away.
+    """
+    probe = Headers()
+    raw = getattr(probe, "_rawHeaders", None)
+    names = [b"date"] + [name for name, _ in DEFAULT_HEADERS]
+    if not isinstance(raw, dict):  # pragma: no cover - a future twisted.web
+
+        def slow(headers: Headers, date: bytes) -> None:
+            headers.setRawHeaders(b"date", [date])
+            for name, value in DEFAULT_HEADERS:
+                headers.setRawHeaders(name, [value])
+
+        return slow
+    canonical = []
+    for name in names:
+        probe.setRawHeaders(name, [b"x"])
+        (key,) = [k for k in raw if k not in canonical]
+        canonical.append(key)
+    date, contentType, nosniff, cacheControl = canonical
+    values = [value for _, value in DEFAULT_HEADERS]
+
+    def fast(headers: Headers, date_value: bytes) -> None:
+        headers._rawHeaders.update(  # type: ignore[attr-defined]
+            {
+                date: [date_value],
+                contentType: [values[0]],
+                nosniff: [values[1]],
+                cacheControl: [values[2]],
+            }
+        )
+
+    return fast
+
+
+_set_default_headers = _bulk_header_setter()
 
 
 class _Discard:
@@ -113,21 +166,18 @@ class PluginServerRequest(Request):
         self.requestHeaders.removeHeader(b"expect")
         self.channel.refuse(TOO_LARGE)
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._refused:
-            return
-        super().requestReceived(command, path, version)
-
     def process(self) -> None:
         """
         What L{Request.process} does, less what this site never needs per
         request: the root resource is a leaf (no traversal, no C{postpath}:
         the web layer splits the path itself), the date string is made once
         a second, and no C{Server} header tells the world which version of
-        twisted.web runs here.
+        twisted.web runs here.  Every answer starts with L{DEFAULT_HEADERS}.
         """
+        if self._refused:
+            return
         site = self.site = self.channel.site
-        self.responseHeaders.setRawHeaders(b"date", [site.http_date()])
+        _set_default_headers(self.responseHeaders, site.http_date())
         self.prepath = []
         self.postpath = []
         try:
@@ -144,27 +194,35 @@ class PluginServerChannel(HTTPChannel):
     """
 
     _headDeadline: Optional[IDelayedCall] = None
-    _awaitingHead = True
     _refusing: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
 
+    def _headPending(self) -> bool:
+        """
+        Whether a request's head has begun to arrive and is not complete: a
+        partial line is buffered, or a request line was read and the
+        request not yet received whole.
+        """
+        if not self.line_mode:
+            return False  # reading a body: idle_timeout watches that
+        if self._buffer:
+            return True
+        return bool(self.requests) and self.requests[-1].method == _NO_METHOD_YET
+
     def dataReceived(self, data: bytes) -> None:
         if self._refusing is not None:
             return
         super().dataReceived(data)
         # Almost every head arrives whole, in one read, and is answered
-        # before we get here: only a head still incomplete (a partial line
-        # buffered, or a request line without all its headers) costs a timer.
-        if (
-            self._awaitingHead
-            and self._headDeadline is None
-            and self._refusing is None
-            and (self._buffer or self.requests)
-        ):
-            self._headDeadline = self.callLater(self.site.header_timeout, self._headTimedOut)
+        # before we get here: only an incomplete one costs a timer.
+        if self._headDeadline is None:
+            if self._refusing is None and self._headPending():
+                self._headDeadline = self.callLater(self.site.header_timeout, self._headTimedOut)
+        elif not self._headPending():
+            self._cancelHeadDeadline()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # The request exists once its request line has been read.
@@ -174,15 +232,6 @@ class PluginServerChannel(HTTPChannel):
         # twisted.web's own answer to a malformed head: an empty 400.
         self.refuse(BAD_REQUEST)
 
-    def allHeadersReceived(self) -> None:
-        self._cancelHeadDeadline()
-        self._awaitingHead = False
-        super().allHeadersReceived()
-
-    def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
-        self._awaitingHead = True
-
     def _cancelHeadDeadline(self) -> None:
         if self._headDeadline is not None:
             if self._headDeadline.active():
@@ -191,7 +240,8 @@ class PluginServerChannel(HTTPChannel):
 
     def _headTimedOut(self) -> None:
         self._headDeadline = None
-        self.refuse(HEAD_TIMEOUT)
+        if self._headPending():
+            self.refuse(HEAD_TIMEOUT)
 
     def refuse(self, response: bytes) -> None:
         """

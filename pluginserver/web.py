@@ -173,8 +173,12 @@ def parse_arguments(request: HTTPRequest) -> Tuple[Dict[str, Any], Any, bytes]:
     Returns that dict (C{apikey} included), the parsed JSON body (or
     L{None}) and the raw body.
     """
-    args: Dict[str, Any] = {}
     raw = request.args
+    if not raw:
+        body = read_body(request)
+        if not body:
+            return {}, None, b""  # most GETs
+    args: Dict[str, Any] = {}
     multipart = bool(raw) and (request.getHeader(b"content-type") or b"").lower().startswith(
         b"multipart/"
     )
@@ -246,6 +250,7 @@ class PluginServerResource(Resource):
         self._reactor = reactor
         self._threadpool = threadpool
         self._utility: IResource = UtilityRoutes(runtime).app.resource()
+        self._lookup = runtime.registry.get
         self._policySettings: Optional[Settings] = None
         self._cachedPolicy = SecurityPolicy()
 
@@ -257,52 +262,72 @@ class PluginServerResource(Resource):
         return self._cachedPolicy
 
     def render(self, request: HTTPRequest) -> Any:
-        headers = request.responseHeaders
-        headers.setRawHeaders(b"content-type", [_JSON])
-        headers.setRawHeaders(b"x-content-type-options", [b"nosniff"])
-        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        # The site's request has already set the headers every answer
+        # carries (JSON content type, nosniff, no-store).  This is the path
+        # of every request: each check costs only when it is configured.
         policy = self._policy()
         if policy.allowed_hosts is not None and not policy.host_allowed(
             request.getHeader(b"host")
         ):
             return self._answer(request, 400, error_body("host not allowed"))
         client = self._client(request, policy)
-        if not policy.address_allowed(client):
+        if policy.access_allow is not None and not policy.address_allowed(client):
             return self._answer(request, 403, error_body("forbidden"))
-        name, rest = request_path(request)
-        loaded = self._runtime.registry.get(name)
+        path: bytes = request.path
+        slash = path.find(b"/", 1)
+        if slash == -1:
+            name, rest = path[1:].decode("latin-1"), b""
+        else:
+            name, rest = path[1:slash].decode("latin-1"), path[slash + 1 :]
+        loaded = self._lookup(name)
         if policy.cors_enabled:
-            origin = request.getHeader(b"origin")
-            if origin is not None:
-                decision = policy.cors(origin)
-                if not decision.allowed:
-                    return self._answer(request, 403, error_body("origin not allowed"))
-                for header, value in decision.headers:
-                    headers.setRawHeaders(header, [value])
-                if request.method == b"OPTIONS" and request.getHeader(
-                    b"access-control-request-method"
-                ):
-                    # A preflight carries no credentials: answer it before
-                    # any key is asked for.
-                    methods = loaded.methods if loaded else _UTILITY_METHODS
-                    for header, value in preflight_headers(methods):
-                        headers.setRawHeaders(header, [value])
-                    request.setResponseCode(204)
-                    headers.removeHeader(b"content-type")
-                    return b""
+            preflight = self._cors(request, policy, loaded)
+            if preflight is not None:
+                return preflight
         if loaded is None:
-            # Klein finds its routes in postpath, which our Request leaves
-            # empty: no plugin route needs it.
-            request.postpath = [unquote_to_bytes(segment) for segment in request.path[1:].split(b"/")]
-            if name in RESERVED_NAMES and policy.apikey is not None:
-                try:
-                    _, document, _ = parse_arguments(request)
-                except BadRequest as e:
-                    return self._answer(request, 400, error_body(str(e)))
-                if not self._authorized(request, policy, policy.apikey, document):
-                    return self._unauthorized(request)
-            return self._utility.render(request)
+            return self._utilityRoute(request, policy, name)
         return self._dispatch(request, loaded, rest, policy, client)
+
+    def _cors(
+        self, request: HTTPRequest, policy: SecurityPolicy, loaded: Optional[LoadedPlugin]
+    ) -> Optional[bytes]:
+        """
+        Apply the CORS policy: add its headers, refuse an origin that is not
+        allowed, and answer a preflight.  Returns the answer when there is
+        nothing more to do.
+        """
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return None
+        decision = policy.cors(origin)
+        if not decision.allowed:
+            return self._answer(request, 403, error_body("origin not allowed"))
+        headers = request.responseHeaders
+        for header, value in decision.headers:
+            headers.setRawHeaders(header, [value])
+        if request.method == b"OPTIONS" and request.getHeader(b"access-control-request-method"):
+            # A preflight carries no credentials: answer it before any key
+            # is asked for.
+            methods = loaded.methods if loaded else _UTILITY_METHODS
+            for header, value in preflight_headers(methods):
+                headers.setRawHeaders(header, [value])
+            request.setResponseCode(204)
+            headers.removeHeader(b"content-type")
+            return b""
+        return None
+
+    def _utilityRoute(self, request: HTTPRequest, policy: SecurityPolicy, name: str) -> Any:
+        # Klein finds its routes in postpath, which our Request leaves
+        # empty: no plugin route needs it.
+        request.postpath = [unquote_to_bytes(segment) for segment in request.path[1:].split(b"/")]
+        if name in RESERVED_NAMES and policy.apikey is not None:
+            try:
+                _, document, _ = parse_arguments(request)
+            except BadRequest as e:
+                return self._answer(request, 400, error_body(str(e)))
+            if not self._authorized(request, policy, policy.apikey, document):
+                return self._unauthorized(request)
+        return self._utility.render(request)
 
     def _client(self, request: HTTPRequest, policy: SecurityPolicy) -> str:
         peer = getattr(request.getClientAddress(), "host", "")
@@ -358,7 +383,8 @@ class PluginServerResource(Resource):
         expected = policy.required_key(loaded.params)
         if expected is not None and not self._authorized(request, policy, expected, document):
             return self._unauthorized(request)
-        args.pop("apikey", None)
+        if "apikey" in args:
+            del args["apikey"]
         preq = PluginRequest(
             method=method,
             subpath=subpath,
@@ -378,6 +404,15 @@ class PluginServerResource(Resource):
         except Exception:
             self._logFailure(Failure(), request, loaded)
             return self._answer(request, 500, error_body("internal error"))
+        if type(result) is dict:
+            # The common answer: a dict, 200.
+            try:
+                body = _encode(result).encode("utf-8")
+            except (TypeError, ValueError, RecursionError):
+                return self._result(request, loaded, result)
+            if request.method == b"HEAD":
+                return self._answer(request, 200, body)
+            return body
         if isinstance(result, types.CoroutineType):
             return self._wait(request, loaded, defer.Deferred.fromCoroutine(result))
         if isinstance(result, defer.Deferred):

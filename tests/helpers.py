@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from pluginserver.registry import PluginRegistry
+from pluginserver.site import PluginServerSite
 from pluginserver.web import PluginServerResource
 
 _packages = itertools.count()
@@ -110,6 +111,18 @@ def settings_for(directory: str, **changes: Any) -> Any:
 URL = "http://localhost"
 
 
+def stub_client(resource: Any) -> StubTreq:
+    """
+    treq's in-memory client, serving through pluginserver's own site (its
+    request class sets the headers every answer carries and enforces the
+    limits) rather than the plain Site StubTreq builds.
+    """
+    client = StubTreq(resource)
+    agent = client._agent
+    agent._serverFactory = PluginServerSite(resource, reactor=agent._memoryReactor)
+    return client
+
+
 class ServerCase(TestCase):
     """
     A server over a temporary plugins directory, driven in memory.
@@ -128,7 +141,7 @@ class ServerCase(TestCase):
         yield self.registry.load_all()
         self.runtime = FakeRuntime(self.registry, settings_for(self.dir.path, **settings))
         self.resource = PluginServerResource(self.runtime, self.clock)
-        self.client = StubTreq(self.resource)
+        self.client = stub_client(self.resource)
 
     @defer.inlineCallbacks
     def call(self, method: str, path: str, **kwargs: Any) -> Any:

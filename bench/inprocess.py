@@ -1,0 +1,111 @@
+"""
+Per-request cost of the request path, in process and without a network: a
+real HTTPChannel fed keep-alive requests through an in-memory transport, for
+pluginserver's site and for a bare twisted.web Resource side by side.
+
+Quieter than wrk (no sockets, no second process), so it is the tool for
+profiling and for comparing two versions of the request path; wrk
+(bench/run.py) has the last word on throughput.
+
+    python bench/inprocess.py            # microseconds per request, both sites
+    python bench/inprocess.py --profile  # cProfile of pluginserver's path
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from typing import Any, Callable, List
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REQUEST = b"GET /hello HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+
+
+class Ceiling(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"hello":"world"}'
+
+
+def drive(site: Site, count: int) -> float:
+    """
+    Feed C{count} requests, one at a time, over one connection; return
+    microseconds per request.
+    """
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.makeConnection(transport)
+    started = time.perf_counter()
+    for _ in range(count):
+        channel.dataReceived(REQUEST)
+        transport.clear()
+    elapsed = time.perf_counter() - started
+    channel.connectionLost(None)
+    return elapsed / count * 1e6
+
+
+def pluginserver_site() -> Site:
+    sys.path.insert(0, os.path.dirname(HERE))
+    from twisted.internet import reactor
+
+    from pluginserver.tap import Options, makeService
+
+    directory = tempfile.mkdtemp()
+    config = os.path.join(directory, "ps.ini")
+    with open(config, "w") as f:
+        f.write(
+            "[server]\nlisten = tcp:0:interface=127.0.0.1\n"
+            "allowed_hosts = list:localhost 127.0.0.1\n"
+            f"[paths]\nplugins = {os.path.join(os.path.dirname(HERE), 'plugins')}\n"
+        )
+    options = Options()
+    options.parseOptions(["--config", config])
+    service = makeService(options)
+    service.registry.load_all()
+    _ = reactor
+    site: Site = service.site
+    return site
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    ours = pluginserver_site()
+    ceiling = Site(Ceiling())
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(drive, ours, args.count)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        return 0
+    results: dict[str, List[float]] = {"ceiling": [], "pluginserver": []}
+    runs: List[tuple[str, Callable[[], float]]] = [
+        ("ceiling", lambda: drive(ceiling, args.count)),
+        ("pluginserver", lambda: drive(ours, args.count)),
+    ]
+    for _ in range(args.rounds):
+        for name, run in runs:
+            results[name].append(run())
+    for name, values in results.items():
+        print(f"{name:14s} {min(values):7.2f} us/request (best of {args.rounds})")
+    ratio = min(results["ceiling"]) / min(results["pluginserver"])
+    print(f"ceiling/pluginserver time ratio {ratio:.3f} (1.0 = as fast as the ceiling)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
