@@ -21,6 +21,7 @@ setup(
         "pyopenssl",
         "service-identity",
         "psutil",
+        "prometheus_client",
     ],
     extras_require={
         "test": ["treq", "hypothesis", "cryptography"],

@@ -270,6 +270,9 @@ class PluginRegistry:
     The plugins of one directory, by route name.
 
     @ivar directory: the plugins directory.
+
+    @param observe: called with a plugin's name and C{True} or C{False} after
+        each load or reload of it succeeds or fails (for metrics).
     """
 
     def __init__(
@@ -279,6 +282,7 @@ class PluginRegistry:
         config: Any = None,
         package: str = "pluginserver_plugins",
         clock: Callable[[], float] = time.time,
+        observe: Optional[Callable[[str, bool], None]] = None,
     ) -> None:
         if package in sys.modules:
             raise ValueError(f"module name {package!r} is already in use")
@@ -287,6 +291,7 @@ class PluginRegistry:
         self._config = config
         self._package = package
         self._clock = clock
+        self._observe = observe or (lambda name, success: None)
         self._seen: Dict[str, str] = {}
         self._byName: Dict[str, LoadedPlugin] = {}
         self._lock = defer.DeferredLock()
@@ -505,6 +510,7 @@ class PluginRegistry:
         if previous is not None and previous.name != name:
             del self._byName[previous.name]
         self._byName[name] = loaded
+        self._observe(name, True)
         log.info(
             "Plugin {plugin} generation {generation} loaded from {file}",
             plugin=name,
@@ -544,6 +550,7 @@ class PluginRegistry:
 
     def _failed(self, stem: str, error: str) -> str:
         current = self._byStem(stem)
+        self._observe(current.name if current else stem, False)
         log.error(
             "Plugin {plugin} failed to load from {file}: {error}; "
             "generation {generation} keeps serving",
@@ -657,6 +664,27 @@ class PluginRegistry:
                 return _hash(f.read()) != current.source_hash
         except OSError:
             return True
+
+    def check_all(self) -> Dict[str, Optional[str]]:
+        """
+        Compile and run every plugin file in a scratch module, as a load
+        would, without making anything live or starting anything: each
+        plugin's stem maps to its error, or L{None} when it would load.
+        """
+        results: Dict[str, Optional[str]] = {}
+        for stem in self.discover():
+            try:
+                cls = _plugin_class(self._scratch(self._fullname(stem), self._path(stem))[0])
+            except PluginLoadError as e:
+                results[stem] = str(e)
+            else:
+                name = cls.name if isinstance(cls.name, str) and cls.name else stem
+                results[stem] = (
+                    None
+                    if _ROUTE_NAME.match(name) and name not in RESERVED_NAMES
+                    else f"route name {name!r} is reserved or not a valid path segment"
+                )
+        return results
 
     def load_all(self) -> "defer.Deferred[ReloadReport]":
         """

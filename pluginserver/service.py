@@ -22,11 +22,12 @@ from typing import Any, Callable, Dict, Tuple
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from pluginserver.config import ConfigError, Settings
+from pluginserver.metrics import Metrics
 from pluginserver.registry import PluginRegistry, ReloadReport
 from pluginserver.site import PluginServerSite
 from pluginserver.tls import TLSConfigError, load_context_factory, tls_endpoint
@@ -105,20 +106,49 @@ class PluginServerService(MultiService):
         self._reloadSettings = reload_settings
         self._reactor = reactor
         self._exitOnListenError = exitOnListenError
+        self.metrics = Metrics(
+            lambda: {name: p.generation for name, p in self._registry.plugins.items()}
+        )
         self._registry = PluginRegistry(
-            settings.plugins_dir, settings.plugin_params, settings, package=package
+            settings.plugins_dir,
+            settings.plugin_params,
+            settings,
+            package=package,
+            observe=self.metrics.reload_outcome,
         )
         self.threadpool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="pluginserver")
-        self.resource = PluginServerResource(self, reactor, self.threadpool)
-        self.site = PluginServerSite(self.resource, timeout=settings.idle_timeout, reactor=reactor)
+        self.resource = PluginServerResource(self, reactor, self.threadpool, self.metrics)
+        self.site = PluginServerSite(
+            self.resource,
+            logPath=settings.access_log,
+            timeout=settings.idle_timeout,
+            reactor=reactor,
+        )
         self.site.displayTracebacks = False
+        self.site.metrics = self.metrics
         self._applyLimits(settings)
         self._previousHup: Any = None
+        self._previousUsr1: Any = None
         origin = settings.listen_origin
         if origin != "--listen":
             origin = f"{origin} in {settings.path}"
         for description in settings.listen:
             _Listener(description, origin, reactor, self.site).setServiceParent(self)
+
+    logObserver: Any = None
+    """
+    A log observer for twistd to log through instead of its own (JSON lines
+    for [server] log_format = json), or L{None}.
+    """
+
+    def setServiceParent(self, parent: Any) -> Any:
+        # twistd makes the application, sets us as its service, then starts
+        # logging through the application's ILogObserver component if it
+        # has one: the documented way for an application to choose it.
+        result = super().setServiceParent(parent)
+        if self.logObserver is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.logObserver)
+        return result
 
     # -- the Runtime the web layer sees --------------------------------------
 
@@ -181,6 +211,8 @@ class PluginServerService(MultiService):
             log.warn("[paths] plugins changed in {path}: it takes effect on restart", path=new.path)
         self._applyLimits(new)
         self.threadpool.adjustPoolsize(maxthreads=new.threads)
+        if new.access_log != old.access_log:
+            self.site.set_access_log(new.access_log)
         self._settings = new
 
     def _applyLimits(self, settings: Settings) -> None:
@@ -208,6 +240,7 @@ class PluginServerService(MultiService):
 
     def startService(self) -> None:
         self._previousHup = signal.signal(signal.SIGHUP, self._onHup)
+        self._previousUsr1 = signal.signal(signal.SIGUSR1, self._onUsr1)
         self.threadpool.start()
         d = self._registry.load_all()
         d.addCallback(self._loaded)
@@ -227,6 +260,13 @@ class PluginServerService(MultiService):
         # was doing: hand the work to the reactor instead.
         self._reactor.callFromThread(self._reloadOnHup)
 
+    def _onUsr1(self, signum: int, frame: Any) -> None:
+        # logrotate moved the access log: open it afresh.  twistd rotates
+        # its own log on SIGUSR1 too: keep doing that.
+        self._reactor.callFromThread(self.site.set_access_log, self._settings.access_log)
+        if callable(self._previousUsr1):
+            self._previousUsr1(signum, frame)
+
     def _reloadOnHup(self) -> None:
         log.info("SIGHUP: reloading configuration and plugins")
         self.reload_all().addErrback(lambda f: log.failure("Reload on SIGHUP failed", f))
@@ -236,6 +276,9 @@ class PluginServerService(MultiService):
         if self._previousHup is not None:
             signal.signal(signal.SIGHUP, self._previousHup)
             self._previousHup = None
+        if self._previousUsr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previousUsr1)
+            self._previousUsr1 = None
         yield super().stopService()  # stop listening
         yield self._drain(self._settings.shutdown_timeout)
         yield self._registry.stop_all()

@@ -18,14 +18,17 @@ have on its own.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Optional, Set
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
+
+from pluginserver.metrics import Metrics
 
 
 def _raw_response(status: bytes, message: str) -> bytes:
@@ -177,6 +180,7 @@ class PluginServerRequest(Request):
         if self._refused:
             return
         site = self.site = self.channel.site
+        self.started = time.perf_counter()
         _set_default_headers(self.responseHeaders, site.http_date())
         self.prepath = []
         self.postpath = []
@@ -270,6 +274,44 @@ class PluginServerChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
+ACCESS_LOG_BUFFER = 65536
+
+_APIKEY = re.compile(rb"((?:^|[?&;])apikey=)[^&;#]*", re.IGNORECASE)
+
+
+def redact(uri: bytes) -> bytes:
+    """
+    A request URI with the value of every C{apikey} query field replaced by
+    C{REDACTED}: keys never reach a log.
+    """
+    if b"apikey" not in uri.lower():
+        return uri
+    path, mark, query = uri.partition(b"?")
+    return path + mark + _APIKEY.sub(rb"\1REDACTED", query)
+
+
+class _RedactedURI:
+    """
+    A request as the access-log formatter sees it: the same, but for its
+    URI.
+    """
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self.uri = redact(request.uri)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def redacted_log_line(timestamp: str, request: Any) -> str:
+    """
+    The combined-log-format line twisted.web writes, with keys redacted.
+    """
+    line: str = combinedLogFormatter(timestamp, _RedactedURI(request))
+    return line
+
+
 class PluginServerSite(Site):
     """
     The site: JSON requests with limits, counted while in flight.
@@ -283,8 +325,10 @@ class PluginServerSite(Site):
     protocol = PluginServerChannel
     max_body = 1048576
     header_timeout = 10.0
+    metrics: Optional[Metrics] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("logFormatter", redacted_log_line)
         super().__init__(*args, **kwargs)
         self.channels: Set[PluginServerChannel] = set()
         self._dateSecond = -1
@@ -308,6 +352,44 @@ class PluginServerSite(Site):
         return sum(len(channel.requests) for channel in self.channels)
 
     def log(self, request: Any) -> None:
-        # twisted.web would send an access line per request to the main
-        # log; the access log is a file of its own, [server] access_log.
-        pass
+        """
+        Count the answered request, and write its access-log line when
+        there is an access log (twisted.web would otherwise send it to the
+        main log).
+        """
+        metrics = self.metrics
+        if metrics is not None:
+            started = getattr(request, "started", None)
+            metrics.request_done(
+                getattr(request, "route", "other"),
+                request.code,
+                time.perf_counter() - started if started is not None else 0.0,
+            )
+        if self.logPath is not None:
+            super().log(request)
+
+    # -- the access log ------------------------------------------------------------
+
+    def _openLogFile(self, path: Any) -> Any:
+        # Buffered, not line-buffered: a write per request would halve the
+        # throughput.  _updateLogDateTime flushes it every second.
+        return open(path, "a", ACCESS_LOG_BUFFER, newline="\n")
+
+    def _updateLogDateTime(self) -> None:
+        super()._updateLogDateTime()
+        if self.logPath is not None and self._logFile is not None:
+            self._logFile.flush()
+
+    def set_access_log(self, path: Optional[str]) -> None:
+        """
+        Write the access log to C{path} from now on (L{None}: no access
+        log); the file is opened afresh, so this also reopens it after
+        logrotate has moved it (SIGUSR1).
+        """
+        old = self._logFile if self.logPath is not None else None
+        self.logPath = path
+        if self._logDateTimeCall is None:
+            return  # not started: startFactory opens it
+        self._logFile = self._openLogFile(path) if path is not None else None
+        if old is not None:
+            old.close()

@@ -12,12 +12,16 @@ and a non-zero exit; nothing is listening yet.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional
+import sys
+from typing import Any, List, Optional, TextIO
 
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import formatEvent, jsonFileLogObserver
 from twisted.python import usage
+from twisted.python.logfile import LogFile
 
 from pluginserver.config import ConfigError, Settings, load_settings
+from pluginserver.registry import PluginRegistry
 from pluginserver.service import PluginServerService
 from pluginserver.tls import describe_tls_error, is_tls, load_context_factory
 
@@ -32,6 +36,15 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", "etc/ps.ini", "The configuration file (INI)."],
         ["plugins", "p", None, "The plugins directory (replaces [paths] plugins)."],
+    ]
+
+    optFlags = [
+        [
+            "check",
+            None,
+            "Check the configuration, listeners, certificates and plugins, "
+            "print what was found, and exit 0 (all good) or 1, without listening.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -77,6 +90,75 @@ class Options(usage.Options):
             except Exception as e:
                 _fail(f"{_origin(settings)}: {description}: {describe_tls_error(e)}")
         self["settings"] = settings
+        if self["check"]:
+            raise SystemExit(check(settings, sys.stdout))
+
+
+class _JSONLogger:
+    """
+    A log observer factory for twistd: one JSON object per line, to the
+    file twistd would log to (standard output in the foreground).
+    """
+
+    def __init__(self, twistdOptions: Any) -> None:
+        self._path = twistdOptions.get("logfile")
+        self._nodaemon = bool(twistdOptions.get("nodaemon"))
+
+    def __call__(self) -> Any:
+        path = self._path
+        if not path and not self._nodaemon:
+            path = "twistd.log"  # where twistd itself logs by default
+        if not path or path == "-":
+            stream: Any = sys.stdout
+        else:
+            stream = LogFile.fromFullPath(path)
+        observer = jsonFileLogObserver(stream, recordSeparator="")
+
+        def withText(event: Any) -> None:
+            # Twisted's JSON events carry a format string and its fields;
+            # log shippers and grep want the message itself too.
+            observer({**event, "text": formatEvent(event)})
+
+        return withText
+
+
+def check(settings: Settings, out: TextIO) -> int:
+    """
+    Report what the configuration holds, load every TLS pair and import
+    every plugin (none is started); return the exit status.
+    """
+    from twisted.internet import reactor
+
+    problems = 0
+    out.write(f"config {settings.path}: ok\n")
+    for description in settings.listen:
+        try:
+            if is_tls(description):
+                load_context_factory(reactor, description)
+            else:
+                serverFromString(reactor, description)
+        except Exception as e:
+            problems += 1
+            out.write(f"listener {description}: FAILED: {describe_tls_error(e)}\n")
+        else:
+            kind = "TLS" if is_tls(description) else "plain"
+            out.write(f"listener {description}: ok ({kind})\n")
+    out.write(f"plugins directory {settings.plugins_dir}: ok\n")
+    registry = PluginRegistry(
+        settings.plugins_dir, settings.plugin_params, settings, package="pluginserver_check"
+    )
+    try:
+        for stem, error in sorted(registry.check_all().items()):
+            if error is None:
+                auth = settings.plugin_params.get(stem, {}).get("auth", "global")
+                out.write(f"plugin {stem}: ok (/{stem}, auth={auth})\n")
+            else:
+                problems += 1
+                out.write(f"plugin {stem}: FAILED: {error}\n")
+    finally:
+        registry.close()
+    out.write("OK\n" if not problems else f"{problems} problem(s)\n")
+    return 0 if not problems else 1
 
 
 def _origin(settings: Settings) -> str:
@@ -102,12 +184,15 @@ def makeService(options: Options) -> PluginServerService:
     settings: Settings = options["settings"]
     parent: Optional[Any] = getattr(options, "parent", None)
     nodaemon = bool(parent is None or parent.get("nodaemon"))
-    return PluginServerService(
+    service = PluginServerService(
         settings,
         reload_settings=options.load,
         reactor=reactor,
         exitOnListenError=nodaemon,
     )
+    if settings.log_format == "json" and not (parent is not None and parent.get("logger")):
+        service.logObserver = _JSONLogger(parent or {})()
+    return service
 
 
 __all__: List[str] = ["Options", "makeService"]

@@ -30,6 +30,8 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from pluginserver.config import Settings
+from pluginserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from pluginserver.metrics import Metrics
 from pluginserver.plugin import Headers, HTTPError, PluginRequest, RawJSON
 from pluginserver.registry import RESERVED_NAMES, LoadedPlugin, PluginRegistry, ReloadReport
 from pluginserver.security import (
@@ -244,12 +246,14 @@ class PluginServerResource(Resource):
         runtime: Runtime,
         reactor: Any,
         threadpool: Optional[ThreadPool] = None,
+        metrics: Optional[Metrics] = None,
     ) -> None:
         super().__init__()
         self._runtime = runtime
         self._reactor = reactor
         self._threadpool = threadpool
-        self._utility: IResource = UtilityRoutes(runtime).app.resource()
+        self._metrics = metrics
+        self._utility: IResource = UtilityRoutes(runtime, metrics).app.resource()
         self._lookup = runtime.registry.get
         self._policySettings: Optional[Settings] = None
         self._cachedPolicy = SecurityPolicy()
@@ -280,6 +284,8 @@ class PluginServerResource(Resource):
         else:
             name, rest = path[1:slash].decode("latin-1"), path[slash + 1 :]
         loaded = self._lookup(name)
+        # The route label of this request's metrics (the site counts it).
+        request.route = name if loaded is not None or name in RESERVED_NAMES else "other"
         if policy.cors_enabled:
             preflight = self._cors(request, policy, loaded)
             if preflight is not None:
@@ -320,7 +326,8 @@ class PluginServerResource(Resource):
         # Klein finds its routes in postpath, which our Request leaves
         # empty: no plugin route needs it.
         request.postpath = [unquote_to_bytes(segment) for segment in request.path[1:].split(b"/")]
-        if name in RESERVED_NAMES and policy.apikey is not None:
+        public = name == "metrics" and self._runtime.settings.metrics_public
+        if name in RESERVED_NAMES and policy.apikey is not None and not public:
             try:
                 _, document, _ = parse_arguments(request)
             except BadRequest as e:
@@ -497,6 +504,8 @@ class PluginServerResource(Resource):
         request.finish()
 
     def _logFailure(self, failure: Failure, request: HTTPRequest, loaded: LoadedPlugin) -> None:
+        if self._metrics is not None:
+            self._metrics.plugin_error(loaded.name)
         log.failure(
             "Plugin {plugin} generation {generation} failed on {method} {path}",
             failure,
@@ -520,8 +529,16 @@ class UtilityRoutes:
 
     app = Klein()
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, metrics: Optional[Metrics] = None) -> None:
         self._runtime = runtime
+        self._metrics = metrics
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Any) -> bytes:
+        if self._metrics is None:
+            return _json(request, 404, {"error": "not found"})
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
+        return self._metrics.exposition()
 
     @app.route("/plugins", methods=["GET", "POST"])
     def plugins(self, request: Any) -> bytes:
