@@ -30,6 +30,9 @@ BUCKETS: Tuple[float, ...] = (
 """Upper bounds of the request-duration histogram, in seconds."""
 
 
+_bucket = bisect.bisect_left
+
+
 class _Histogram:
     """
     One route's request durations: counts per bucket, and their sum.
@@ -52,7 +55,7 @@ class Metrics:
 
     def __init__(self, generations: Callable[[], Mapping[str, int]]) -> None:
         self._generations = generations
-        self._requests: DefaultDict[Tuple[str, int], int] = defaultdict(int)
+        self._requests: Dict[Tuple[str, int], int] = {}
         self._durations: Dict[str, _Histogram] = {}
         self._reloads: DefaultDict[Tuple[str, str], int] = defaultdict(int)
         self._errors: DefaultDict[str, int] = defaultdict(int)
@@ -66,11 +69,13 @@ class Metrics:
         """
         Count one answered request.
         """
-        self._requests[route, status] += 1
+        key = (route, status)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
         histogram = self._durations.get(route)
         if histogram is None:
             histogram = self._durations[route] = _Histogram()
-        histogram.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        histogram.counts[_bucket(BUCKETS, seconds)] += 1
         histogram.total += seconds
 
     def plugin_error(self, plugin: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
-from typing import Any, FrozenSet, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import attr
 
@@ -76,12 +76,6 @@ def _ip_in(address: str, networks: Tuple[Network, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
-@functools.lru_cache(maxsize=1024)
-def _host_in(host: bytes, allowed: FrozenSet[str]) -> bool:
-    # Clients send the same few Host headers over and over.
-    return host_without_port(host) in allowed
-
-
 def _host_name(entry: str) -> str:
     """
     Normalise an allowed-hosts entry or a Host header value (without port):
@@ -133,6 +127,7 @@ class SecurityPolicy:
     access_allow: Optional[Tuple[Network, ...]] = None
     trusted_proxies: Tuple[Network, ...] = ()
     allowed_hosts: Optional[FrozenSet[str]] = None
+    _hosts: Dict[bytes, bool] = attr.ib(factory=dict, eq=False, repr=False, init=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecurityPolicy:
@@ -161,7 +156,13 @@ class SecurityPolicy:
             return True
         if not host:
             return False
-        return _host_in(host, self.allowed_hosts)
+        known = self._hosts.get(host)
+        if known is None:
+            # Clients send the same few Host headers over and over.
+            if len(self._hosts) > 1024:
+                self._hosts.clear()
+            known = self._hosts[host] = host_without_port(host) in self.allowed_hosts
+        return known
 
     def client_address(self, peer: str, forwarded_for: Optional[Sequence[bytes]]) -> str:
         """

@@ -16,6 +16,7 @@ SIGHUP re-reads the configuration and reloads every plugin in-process.
 
 from __future__ import annotations
 
+import gc
 import signal
 from typing import Any, Callable, Dict, Tuple
 
@@ -214,6 +215,7 @@ class PluginServerService(MultiService):
         if new.access_log != old.access_log:
             self.site.set_access_log(new.access_log)
         self._settings = new
+        self.resource.configure(new)
 
     def _applyLimits(self, settings: Settings) -> None:
         self.site.timeOut = settings.idle_timeout
@@ -248,6 +250,10 @@ class PluginServerService(MultiService):
         super().startService()
 
     def _loaded(self, report: ReloadReport) -> None:
+        # Everything made so far (modules, plugins, the site) lives as long
+        # as the process: keep it out of the cyclic collector's full passes,
+        # which otherwise walk it again and again under load.
+        gc.freeze()
         log.info(
             "Serving {count} plugins from {directory}: {names}",
             count=len(report.loaded),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from time import perf_counter as _now
 from typing import Any, Optional, Set
 
 from twisted.internet.interfaces import IDelayedCall
@@ -141,8 +142,7 @@ class PluginServerRequest(Request):
     _received = 0
 
     def gotLength(self, length: Optional[int]) -> None:
-        site = self.channel.site
-        if length is not None and length > site.max_body:
+        if length and length > self.channel.site.max_body:
             self._refuse()
             return
         super().gotLength(length)
@@ -180,8 +180,12 @@ class PluginServerRequest(Request):
         if self._refused:
             return
         site = self.site = self.channel.site
-        self.started = time.perf_counter()
-        _set_default_headers(self.responseHeaders, site.http_date())
+        self.started = _now()
+        now = int(time.time())
+        if now != site._dateSecond:
+            site._dateSecond = now
+            site._date = datetimeToString(now)
+        _set_default_headers(self.responseHeaders, site._date)
         self.prepath = []
         self.postpath = []
         try:
@@ -331,18 +335,9 @@ class PluginServerSite(Site):
         kwargs.setdefault("logFormatter", redacted_log_line)
         super().__init__(*args, **kwargs)
         self.channels: Set[PluginServerChannel] = set()
+        # The Date header's value, made at most once a second (by requests).
         self._dateSecond = -1
         self._date = b""
-
-    def http_date(self) -> bytes:
-        """
-        The C{Date} header's value, made at most once a second.
-        """
-        now = int(time.time())
-        if now != self._dateSecond:
-            self._dateSecond = now
-            self._date = datetimeToString(now)
-        return self._date
 
     @property
     def inflight(self) -> int:
@@ -363,7 +358,7 @@ class PluginServerSite(Site):
             metrics.request_done(
                 getattr(request, "route", "other"),
                 request.code,
-                time.perf_counter() - started if started is not None else 0.0,
+                _now() - started if started is not None else 0.0,
             )
         if self.logPath is not None:
             super().log(request)

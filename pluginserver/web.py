@@ -75,6 +75,7 @@ _encode = _make_encoder()
 _JSON = b"application/json"
 _FORM = b"application/x-www-form-urlencoded"
 _UTILITY_METHODS = frozenset({"GET", "HEAD", "POST"})
+_METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class Runtime(Protocol):
@@ -157,10 +158,11 @@ def read_body(request: HTTPRequest) -> bytes:
     content = request.content
     if content is None:
         return b""
-    getvalue = getattr(content, "getvalue", None)
-    if getvalue is not None:
-        value: bytes = getvalue()  # BytesIO: no seeking needed
+    try:
+        value: bytes = content.getvalue()  # BytesIO: no seeking needed
         return value
+    except AttributeError:
+        pass  # a temporary file, for a large body
     content.seek(0)
     body: bytes = content.read()
     content.seek(0)
@@ -255,21 +257,22 @@ class PluginServerResource(Resource):
         self._metrics = metrics
         self._utility: IResource = UtilityRoutes(runtime, metrics).app.resource()
         self._lookup = runtime.registry.get
-        self._policySettings: Optional[Settings] = None
-        self._cachedPolicy = SecurityPolicy()
+        self.configure(runtime.settings)
 
-    def _policy(self) -> SecurityPolicy:
-        settings = self._runtime.settings
-        if settings is not self._policySettings:
-            self._policySettings = settings
-            self._cachedPolicy = SecurityPolicy.from_settings(settings)
-        return self._cachedPolicy
+    def configure(self, settings: Settings) -> None:
+        """
+        Take new settings into use (the owner calls this when it reloads
+        its configuration).
+        """
+        self._policy = SecurityPolicy.from_settings(settings)
+        # The key each plugin generation needs, worked out once per policy.
+        self._requiredKeys: Dict[LoadedPlugin, Optional[str]] = {}
 
     def render(self, request: HTTPRequest) -> Any:
         # The site's request has already set the headers every answer
         # carries (JSON content type, nosniff, no-store).  This is the path
         # of every request: each check costs only when it is configured.
-        policy = self._policy()
+        policy = self._policy
         if policy.allowed_hosts is not None and not policy.host_allowed(
             request.getHeader(b"host")
         ):
@@ -339,7 +342,7 @@ class PluginServerResource(Resource):
     def _client(self, request: HTTPRequest, policy: SecurityPolicy) -> str:
         peer = getattr(request.getClientAddress(), "host", "")
         if not policy.trusted_proxies:
-            return str(peer)
+            return peer if type(peer) is str else str(peer)
         return policy.client_address(
             str(peer), request.requestHeaders.getRawHeaders(b"x-forwarded-for")
         )
@@ -378,7 +381,7 @@ class PluginServerResource(Resource):
         policy: SecurityPolicy,
         client: str,
     ) -> Any:
-        method = request.method.decode("latin-1")
+        method = _METHODS.get(request.method) or request.method.decode("latin-1")
         if method not in loaded.methods:
             request.setHeader(b"allow", ", ".join(sorted(loaded.methods)).encode("ascii"))
             return self._answer(request, 405, error_body("method not allowed"))
@@ -387,7 +390,12 @@ class PluginServerResource(Resource):
             subpath = _decode(unquote_to_bytes(rest), "path") if rest else ""
         except BadRequest as e:
             return self._answer(request, 400, error_body(str(e)))
-        expected = policy.required_key(loaded.params)
+        try:
+            expected = self._requiredKeys[loaded]
+        except KeyError:
+            if len(self._requiredKeys) > 4096:
+                self._requiredKeys.clear()  # old generations
+            expected = self._requiredKeys[loaded] = policy.required_key(loaded.params)
         if expected is not None and not self._authorized(request, policy, expected, document):
             return self._unauthorized(request)
         if "apikey" in args:
