@@ -16,7 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import IO, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import IO
 
 import psutil  # type: ignore[import-untyped]
 
@@ -83,7 +84,7 @@ def write_config(
     return path
 
 
-def pinned(command: Sequence[str], cpu: Optional[int]) -> List[str]:
+def pinned(command: Sequence[str], cpu: int | None) -> list[str]:
     """
     C{command} run under C{taskset -c cpu} when a CPU is given.  taskset
     execs the command, so the process id stays the command's.
@@ -100,21 +101,22 @@ class Processes:
     """
 
     def __init__(self) -> None:
-        self._started: List[Tuple[str, "subprocess.Popen[bytes]", Optional[IO[bytes]]]] = []
+        self._started: list[tuple[str, subprocess.Popen[bytes], IO[bytes] | None]] = []
 
     def start(
         self,
         name: str,
         command: Sequence[str],
         cwd: str,
-        log_path: Optional[str] = None,
-        env: Optional[Dict[str, str]] = None,
-    ) -> "subprocess.Popen[bytes]":
+        log_path: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         """
         Start C{command} in C{cwd}, its output (stdout and stderr) going to
         C{log_path} (or discarded).
         """
-        out: Optional[IO[bytes]] = open(log_path, "ab") if log_path else None
+        # Closed below once the child has it, not at the end of a block.
+        out: IO[bytes] | None = open(log_path, "ab") if log_path else None  # noqa: SIM115
         try:
             process = subprocess.Popen(
                 list(command),
@@ -131,7 +133,7 @@ class Processes:
         self._started.append((name, process, out))
         return process
 
-    def stop(self, process: "subprocess.Popen[bytes]") -> Optional[int]:
+    def stop(self, process: subprocess.Popen[bytes]) -> int | None:
         """
         Stop one process: SIGTERM, then SIGKILL when it has not ended in time.
         Returns its exit status.
@@ -160,7 +162,7 @@ class Processes:
                     out.close()
 
 
-def child_env() -> Dict[str, str]:
+def child_env() -> dict[str, str]:
     """
     The environment for the servers: ours, without an API key that would
     make every route answer 401.
@@ -170,7 +172,7 @@ def child_env() -> Dict[str, str]:
     return env
 
 
-def http_get(port: int, path: str, timeout: float = 10.0) -> Tuple[int, Dict[str, str], bytes]:
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     """
     One GET on a fresh connection: status, headers (lower-case names), body.
     """
@@ -188,8 +190,8 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> Tuple[int, Dict[str
 def wait_until_serving(
     port: int,
     path: str,
-    process: "subprocess.Popen[bytes]",
-    log_path: Optional[str],
+    process: subprocess.Popen[bytes],
+    log_path: str | None,
     timeout: float = STARTUP_TIMEOUT,
 ) -> None:
     """
@@ -206,8 +208,7 @@ def wait_until_serving(
             pass
         if process.poll() is not None:
             raise BenchError(
-                f"{process.args!r} exited with status {process.returncode}:\n"
-                + log_tail(log_path)
+                f"{process.args!r} exited with status {process.returncode}:\n" + log_tail(log_path)
             )
         if time.monotonic() > deadline:
             raise BenchError(
@@ -217,7 +218,7 @@ def wait_until_serving(
         time.sleep(0.1)
 
 
-def log_tail(path: Optional[str], lines: int = 30) -> str:
+def log_tail(path: str | None, lines: int = 30) -> str:
     """
     The last lines of a log file, for error messages.
     """
@@ -235,7 +236,7 @@ def rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 1e6
 
 
-def server_cpus() -> Tuple[Optional[int], Optional[int]]:
+def server_cpus() -> tuple[int | None, int | None]:
     """
     (servers' CPU, load generator's CPU): 0 and 1 when taskset exists and
     there are two CPUs or more; no pinning otherwise.

@@ -20,7 +20,8 @@ import pstats
 import sys
 import tempfile
 import time
-from typing import Any, Callable, List
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -79,7 +80,7 @@ def pluginserver_site() -> Site:
     return site
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
@@ -92,8 +93,8 @@ def main(argv: List[str]) -> int:
         profiler.runcall(drive, ours, args.count)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         return 0
-    results: dict[str, List[float]] = {"ceiling": [], "pluginserver": []}
-    runs: List[tuple[str, Callable[[], float]]] = [
+    results: dict[str, list[float]] = {"ceiling": [], "pluginserver": []}
+    runs: list[tuple[str, Callable[[], float]]] = [
         ("ceiling", lambda: drive(ceiling, args.count)),
         ("pluginserver", lambda: drive(ours, args.count)),
     ]

@@ -33,10 +33,10 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]
-
 from _harness import (
     BenchError,
     Processes,
@@ -125,7 +125,7 @@ def write_plugin(directory: str, version: int) -> None:
         f.write(PLUGIN_SOURCE.format(version=version))
 
 
-def snapshot(pid: int) -> Dict[str, float]:
+def snapshot(pid: int) -> dict[str, float]:
     process = psutil.Process(pid)
     return {
         "rss_mb": process.memory_info().rss / 1e6,
@@ -134,22 +134,24 @@ def snapshot(pid: int) -> Dict[str, float]:
     }
 
 
-def ask_plugin(port: int) -> Dict[str, Any]:
+def ask_plugin(port: int) -> dict[str, Any]:
     status, _, body = http_get(port, "/" + NAME)
     if status != 200:
         raise BenchError(f"/{NAME} answered {status} {body[:300]!r}")
-    answer: Dict[str, Any] = json.loads(body)
+    answer: dict[str, Any] = json.loads(body)
     return answer
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Reload a plugin with a timer and a thread task many times "
         "and report the server's memory, thread and file-descriptor growth."
     )
     parser.add_argument("--reloads", type=int, default=300, help="reloads (default 300)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, logs)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (config, logs)"
+    )
     args = parser.parse_args(argv)
     if args.reloads < 1:
         parser.error("--reloads must be positive")
@@ -160,7 +162,7 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     processes = Processes()
@@ -190,8 +192,15 @@ def _run(args: argparse.Namespace, processes: Processes, workdir: str) -> int:
     logPath = os.path.join(workdir, "twistd.log")
     server = processes.start(
         "pluginserver",
-        [twistd(), "-n", "--pidfile", os.path.join(workdir, "twistd.pid"),
-         "pluginserver", "--config", config],
+        [
+            twistd(),
+            "-n",
+            "--pidfile",
+            os.path.join(workdir, "twistd.pid"),
+            "pluginserver",
+            "--config",
+            config,
+        ],
         cwd=workdir,
         log_path=logPath,
         env=child_env(),
@@ -200,14 +209,18 @@ def _run(args: argparse.Namespace, processes: Processes, workdir: str) -> int:
     time.sleep(SETTLE_SECONDS)
     first = ask_plugin(port)
     before = snapshot(server.pid)
-    print(f"pluginserver pid {server.pid}, plugin /{NAME}: a LoopingCall every 0.1 s and a "
-          f"deferToThread task per generation, 64 KiB per instance")
-    print(f"before: RSS {before['rss_mb']:.1f} MB, {before['threads']:.0f} threads, "
-          f"{before['fds']:.0f} fds; plugin sees {first}")
+    print(
+        f"pluginserver pid {server.pid}, plugin /{NAME}: a LoopingCall every 0.1 s and a "
+        f"deferToThread task per generation, 64 KiB per instance"
+    )
+    print(
+        f"before: RSS {before['rss_mb']:.1f} MB, {before['threads']:.0f} threads, "
+        f"{before['fds']:.0f} fds; plugin sees {first}"
+    )
 
     checkpoints = sorted({n for n in range(50, args.reloads, 50)} | {args.reloads})
-    along: List[Dict[str, float]] = []
-    times: List[float] = []
+    along: list[dict[str, float]] = []
+    times: list[float] = []
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         for version in range(1, args.reloads + 1):
@@ -219,14 +232,19 @@ def _run(args: argparse.Namespace, processes: Processes, workdir: str) -> int:
             times.append((time.perf_counter() - started) * 1e3)
             answer = json.loads(body)
             if response.status != 200 or not answer.get("success"):
-                raise BenchError(f"reload {version}: {response.status} {body[:300]!r}\n{log_tail(logPath)}")
+                raise BenchError(
+                    f"reload {version}: {response.status} {body[:300]!r}\n{log_tail(logPath)}"
+                )
             if version in checkpoints:
                 point = snapshot(server.pid)
                 point["reloads"] = float(version)
                 along.append(point)
-                print(f"  after {version:>4} reloads: RSS {point['rss_mb']:.1f} MB, "
-                      f"{point['threads']:.0f} threads, {point['fds']:.0f} fds, "
-                      f"generation {answer.get('generation')}", flush=True)
+                print(
+                    f"  after {version:>4} reloads: RSS {point['rss_mb']:.1f} MB, "
+                    f"{point['threads']:.0f} threads, {point['fds']:.0f} fds, "
+                    f"generation {answer.get('generation')}",
+                    flush=True,
+                )
     finally:
         connection.close()
 
@@ -236,14 +254,20 @@ def _run(args: argparse.Namespace, processes: Processes, workdir: str) -> int:
     growth = after["rss_mb"] - before["rss_mb"]
     if server.poll() is not None:
         raise BenchError(f"pluginserver exited {server.returncode}:\n{log_tail(logPath)}")
-    print(f"after {args.reloads} reloads (+{SETTLE_SECONDS:g} s): RSS {after['rss_mb']:.1f} MB, "
-          f"{after['threads']:.0f} threads, {after['fds']:.0f} fds; plugin sees {last}")
-    print(f"RSS growth: {growth:+.1f} MB (target < {TARGET_GROWTH_MB:g} MB: "
-          f"{'met' if growth < TARGET_GROWTH_MB else 'MISSED'}); "
-          f"threads {before['threads']:.0f} -> {after['threads']:.0f}; "
-          f"fds {before['fds']:.0f} -> {after['fds']:.0f}")
-    print(f"reload time: median {statistics.median(times):.1f} ms, "
-          f"first {times[0]:.1f} ms, last {times[-1]:.1f} ms, max {max(times):.1f} ms")
+    print(
+        f"after {args.reloads} reloads (+{SETTLE_SECONDS:g} s): RSS {after['rss_mb']:.1f} MB, "
+        f"{after['threads']:.0f} threads, {after['fds']:.0f} fds; plugin sees {last}"
+    )
+    print(
+        f"RSS growth: {growth:+.1f} MB (target < {TARGET_GROWTH_MB:g} MB: "
+        f"{'met' if growth < TARGET_GROWTH_MB else 'MISSED'}); "
+        f"threads {before['threads']:.0f} -> {after['threads']:.0f}; "
+        f"fds {before['fds']:.0f} -> {after['fds']:.0f}"
+    )
+    print(
+        f"reload time: median {statistics.median(times):.1f} ms, "
+        f"first {times[0]:.1f} ms, last {times[-1]:.1f} ms, max {max(times):.1f} ms"
+    )
     problems = []
     if last.get("version") != args.reloads:
         problems.append(f"serves version {last.get('version')}, expected {args.reloads}")
@@ -255,18 +279,22 @@ def _run(args: argparse.Namespace, processes: Processes, workdir: str) -> int:
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({
-                "reloads": args.reloads,
-                "before": before,
-                "along": along,
-                "after": after,
-                "rss_growth_mb": growth,
-                "target_growth_mb": TARGET_GROWTH_MB,
-                "reload_ms": {"median": statistics.median(times), "all": times},
-                "plugin_before": first,
-                "plugin_after": last,
-                "problems": problems,
-            }, f, indent=2)
+            json.dump(
+                {
+                    "reloads": args.reloads,
+                    "before": before,
+                    "along": along,
+                    "after": after,
+                    "rss_growth_mb": growth,
+                    "target_growth_mb": TARGET_GROWTH_MB,
+                    "reload_ms": {"median": statistics.median(times), "all": times},
+                    "plugin_before": first,
+                    "plugin_after": last,
+                    "problems": problems,
+                },
+                f,
+                indent=2,
+            )
             f.write("\n")
         print(f"wrote {args.json}")
     return 0

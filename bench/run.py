@@ -38,11 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]
-
 from _harness import (
     BENCH_DIR,
     REPO_DIR,
@@ -105,7 +105,7 @@ class WrkResult:
     p99_ms: float
     errors: int
     non_2xx_3xx: int
-    socket_errors: Dict[str, int]
+    socket_errors: dict[str, int]
     requests: int
     server_cpu_percent: float
 
@@ -120,13 +120,13 @@ def _duration_ms(text: str) -> float:
     return float(match.group(1)) * _UNITS_MS[match.group(2)]
 
 
-def parse_wrk(output: str) -> Tuple[float, float, float, int, Dict[str, int], int]:
+def parse_wrk(output: str) -> tuple[float, float, float, int, dict[str, int], int]:
     """
     Read req/s, p50 and p99 (ms), non-2xx/3xx responses, socket errors and
     the request count from wrk's C{--latency} report.
     """
 
-    def find(pattern: str) -> Optional["re.Match[str]"]:
+    def find(pattern: str) -> re.Match[str] | None:
         return re.search(pattern, output, re.MULTILINE)
 
     rps = find(r"^Requests/sec:\s+([\d.]+)")
@@ -136,9 +136,7 @@ def parse_wrk(output: str) -> Tuple[float, float, float, int, Dict[str, int], in
     if rps is None or p50 is None or p99 is None or count is None:
         raise BenchError("cannot read wrk's report:\n" + output)
     non2xx = find(r"Non-2xx or 3xx responses:\s+(\d+)")
-    sockets = find(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
-    )
+    sockets = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
     socketErrors = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
     if sockets is not None:
         for key, value in zip(socketErrors, sockets.groups(), strict=True):
@@ -158,9 +156,7 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def run_wrk(
-    target: Target, duration: float, connections: int, cpu: Optional[int]
-) -> WrkResult:
+def run_wrk(target: Target, duration: float, connections: int, cpu: int | None) -> WrkResult:
     """
     One C{wrk -t1 -c<connections> -d<duration>s --latency} run against
     C{target}.
@@ -239,11 +235,15 @@ def git_revision() -> str:
     try:
         head = subprocess.run(
             ["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", REPO_DIR, "status", "--porcelain", "--", "pluginserver", "plugins"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -279,7 +279,7 @@ def check_answers(ceiling: int, server: int) -> None:
         raise BenchError(f"/systeminfo answered {status} {body[:200]!r}")
 
 
-def wait_for_packages(port: int, timeout: float) -> Optional[float]:
+def wait_for_packages(port: int, timeout: float) -> float | None:
     """
     Wait until systeminfo's background package count is done (it runs dpkg
     or apt in a thread on the server's CPU and would skew the first round).
@@ -294,12 +294,12 @@ def wait_for_packages(port: int, timeout: float) -> Optional[float]:
     return None
 
 
-def time_reloads(port: int, name: str, calls: int) -> List[float]:
+def time_reloads(port: int, name: str, calls: int) -> list[float]:
     """
     Time C{calls} successive C{GET /reload/<name>} from the client side, on
     one keep-alive connection; milliseconds each.
     """
-    times: List[float] = []
+    times: list[float] = []
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         for _ in range(calls):
@@ -315,7 +315,7 @@ def time_reloads(port: int, name: str, calls: int) -> List[float]:
     return times
 
 
-def scan_log(path: str) -> Dict[str, Any]:
+def scan_log(path: str) -> dict[str, Any]:
     """
     Count the server log's lines, tracebacks and error-looking lines, and
     keep the first few of the latter, so trouble under load is not missed.
@@ -323,7 +323,8 @@ def scan_log(path: str) -> Dict[str, Any]:
     with open(path, "rb") as f:
         lines = f.read().decode("utf-8", "replace").splitlines()
     suspicious = [
-        line for line in lines
+        line
+        for line in lines
         if re.search(r"Traceback|Unhandled|\bError\b|\berror\b|CRITICAL|failed", line)
     ]
     return {
@@ -342,23 +343,32 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark pluginserver's /hello and /systeminfo against a "
         "bare twisted.web ceiling, in interleaved wrk rounds."
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per target (default 2; 0 = none)")
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per wrk run (default 5)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="warm-up seconds per target (default 2; 0 = none)"
+    )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
-    parser.add_argument("--reloads", type=int, default=20, help="timed /reload/hello calls (default 20)")
+    parser.add_argument(
+        "--reloads", type=int, default=20, help="timed /reload/hello calls (default 20)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument(
-        "--access-log", action="store_true",
+        "--access-log",
+        action="store_true",
         help="run pluginserver with [server] access_log set (to compare logging on and off)",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, logs)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (config, logs)"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.reloads < 1:
         parser.error("--rounds, --duration, --connections and --reloads must be positive")
@@ -370,7 +380,7 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -401,8 +411,8 @@ def _run(
     args: argparse.Namespace,
     processes: Processes,
     workdir: str,
-    serverCpu: Optional[int],
-    wrkCpu: Optional[int],
+    serverCpu: int | None,
+    wrkCpu: int | None,
 ) -> int:
     serverPort, ceilingPort = free_port(), free_port()
     while ceilingPort == serverPort:
@@ -420,8 +430,17 @@ def _run(
     server = processes.start(
         "pluginserver",
         pinned(
-            [twistd(), "-n", "--pidfile", os.path.join(workdir, "twistd.pid"), "-r", "epoll",
-             "pluginserver", "--config", config],
+            [
+                twistd(),
+                "-n",
+                "--pidfile",
+                os.path.join(workdir, "twistd.pid"),
+                "-r",
+                "epoll",
+                "pluginserver",
+                "--config",
+                config,
+            ],
             serverCpu,
         ),
         cwd=workdir,
@@ -430,7 +449,9 @@ def _run(
     )
     ceiling = processes.start(
         "ceiling",
-        pinned([sys.executable, os.path.join(BENCH_DIR, "ceiling.py"), str(ceilingPort)], serverCpu),
+        pinned(
+            [sys.executable, os.path.join(BENCH_DIR, "ceiling.py"), str(ceilingPort)], serverCpu
+        ),
         cwd=workdir,
         log_path=ceilingLog,
         env=env,
@@ -450,14 +471,21 @@ def _run(
     ]
     pinning = (
         f"servers on CPU {serverCpu}, wrk on CPU {wrkCpu} (taskset)"
-        if serverCpu is not None else "no pinning (taskset missing or one CPU)"
+        if serverCpu is not None
+        else "no pinning (taskset missing or one CPU)"
     )
-    print(f"pluginserver bench: {git_revision()}, Python {platform.python_version()}, {wrk_version()}")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {pinning}; "
-          f"load average before start {loadBefore[0]:.2f} {loadBefore[1]:.2f} {loadBefore[2]:.2f}")
-    print(f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency; "
-          f"{args.rounds} interleaved rounds after {args.warmup:g} s warm-up per target"
-          + ("; access log ON" if args.access_log else ""))
+    print(
+        f"pluginserver bench: {git_revision()}, Python {platform.python_version()}, {wrk_version()}"
+    )
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {pinning}; "
+        f"load average before start {loadBefore[0]:.2f} {loadBefore[1]:.2f} {loadBefore[2]:.2f}"
+    )
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency; "
+        f"{args.rounds} interleaved rounds after {args.warmup:g} s warm-up per target"
+        + ("; access log ON" if args.access_log else "")
+    )
     if packagesWait is None:
         print(f"note: systeminfo's package check had not finished after {PACKAGES_WAIT:.0f} s")
     print(flush=True)
@@ -466,39 +494,51 @@ def _run(
         for target in targets:
             run_wrk(target, args.warmup, args.connections, wrkCpu)
 
-    print(f"{'round':>5}  {'route':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'srv cpu%':>9}")
-    rounds: List[Dict[str, Any]] = []
+    print(
+        f"{'round':>5}  {'route':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>7} {'srv cpu%':>9}"
+    )
+    rounds: list[dict[str, Any]] = []
     noisy = 0
     for number in range(1, args.rounds + 1):
-        results: Dict[str, WrkResult] = {}
+        results: dict[str, WrkResult] = {}
         for target in targets:
             result = run_wrk(target, args.duration, args.connections, wrkCpu)
             results[target.name] = result
             contended = result.server_cpu_percent < SATURATED_CPU_PERCENT
             noisy += contended
-            print(f"{number:>5}  {target.name:<11} {result.requests_per_sec:>9.0f} "
-                  f"{result.p50_ms:>8.2f} {result.p99_ms:>8.2f} {result.errors:>7} "
-                  f"{result.server_cpu_percent:>9.0f}{' *' if contended else ''}", flush=True)
+            print(
+                f"{number:>5}  {target.name:<11} {result.requests_per_sec:>9.0f} "
+                f"{result.p50_ms:>8.2f} {result.p99_ms:>8.2f} {result.errors:>7} "
+                f"{result.server_cpu_percent:>9.0f}{' *' if contended else ''}",
+                flush=True,
+            )
         hello, ceil, sysinfo = results["hello"], results["ceiling"], results["systeminfo"]
-        rounds.append({
-            "round": number,
-            "results": {name: asdict(r) for name, r in results.items()},
-            "hello_vs_ceiling": hello.requests_per_sec / ceil.requests_per_sec,
-            "systeminfo_vs_hello": sysinfo.requests_per_sec / hello.requests_per_sec,
-            "hello_p99_minus_ceiling_ms": hello.p99_ms - ceil.p99_ms,
-            "systeminfo_p99_minus_ceiling_ms": sysinfo.p99_ms - ceil.p99_ms,
-        })
-        print(f"       hello/ceiling {rounds[-1]['hello_vs_ceiling']:.3f}   "
-              f"systeminfo/hello {rounds[-1]['systeminfo_vs_hello']:.3f}   "
-              f"hello p99 - ceiling p99 {rounds[-1]['hello_p99_minus_ceiling_ms']:+.2f} ms",
-              flush=True)
+        rounds.append(
+            {
+                "round": number,
+                "results": {name: asdict(r) for name, r in results.items()},
+                "hello_vs_ceiling": hello.requests_per_sec / ceil.requests_per_sec,
+                "systeminfo_vs_hello": sysinfo.requests_per_sec / hello.requests_per_sec,
+                "hello_p99_minus_ceiling_ms": hello.p99_ms - ceil.p99_ms,
+                "systeminfo_p99_minus_ceiling_ms": sysinfo.p99_ms - ceil.p99_ms,
+            }
+        )
+        print(
+            f"       hello/ceiling {rounds[-1]['hello_vs_ceiling']:.3f}   "
+            f"systeminfo/hello {rounds[-1]['systeminfo_vs_hello']:.3f}   "
+            f"hello p99 - ceiling p99 {rounds[-1]['hello_p99_minus_ceiling_ms']:+.2f} ms",
+            flush=True,
+        )
 
     loadedRss = rss_mb(server.pid)
     ceilingLoadedRss = rss_mb(ceiling.pid)
     reloadTimes = time_reloads(serverPort, RELOAD_PLUGIN, args.reloads)
     rssAfterReloads = rss_mb(server.pid)
     if server.poll() is not None:
-        raise BenchError(f"pluginserver exited {server.returncode} during the run:\n{log_tail(serverLog)}")
+        raise BenchError(
+            f"pluginserver exited {server.returncode} during the run:\n{log_tail(serverLog)}"
+        )
 
     summary = {
         name: {
@@ -522,35 +562,51 @@ def _run(
     }
 
     if noisy:
-        print(f"  * the server used under {SATURATED_CPU_PERCENT:g}% of its CPU: it was not the "
-              "bottleneck (another process on its CPU or wrk's?): a noisy run")
+        print(
+            f"  * the server used under {SATURATED_CPU_PERCENT:g}% of its CPU: it was not the "
+            "bottleneck (another process on its CPU or wrk's?): a noisy run"
+        )
     print()
     print("medians over rounds:")
     for name, s in summary.items():
-        print(f"  {name:<11} {s['requests_per_sec']:>9.0f} req/s  p50 {s['p50_ms']:.2f} ms  "
-              f"p99 {s['p99_ms']:.2f} ms  errors {s['errors']}")
-    print(f"  hello/ceiling      {helloVsCeiling:.3f}  (target >= {TARGET_HELLO_VS_CEILING}: "
-          f"{_verdict(targetsMet['hello_vs_ceiling'])})")
-    print(f"  systeminfo/hello   {sysVsHello:.3f}  (target >= {TARGET_SYSTEMINFO_VS_HELLO}: "
-          f"{_verdict(targetsMet['systeminfo_vs_hello'])})")
-    print(f"  hello p99 - ceiling p99  {p99Extra:+.2f} ms  (target <= +{TARGET_P99_EXTRA_MS:g} ms: "
-          f"{_verdict(targetsMet['hello_p99_extra'])})")
-    print(f"memory (RSS): pluginserver idle {idleRss:.1f} MB (target < {TARGET_IDLE_RSS_MB:g}: "
-          f"{_verdict(targetsMet['idle_rss'])}), loaded {loadedRss:.1f} MB, "
-          f"after reloads {rssAfterReloads:.1f} MB; ceiling idle {ceilingIdleRss:.1f} MB, "
-          f"loaded {ceilingLoadedRss:.1f} MB")
-    print(f"/reload/{RELOAD_PLUGIN} over {len(reloadTimes)} calls: median {reloadMedian:.1f} ms, "
-          f"min {min(reloadTimes):.1f}, max {max(reloadTimes):.1f} "
-          f"(target < {TARGET_RELOAD_MS:g} ms: {_verdict(targetsMet['reload_median'])})")
+        print(
+            f"  {name:<11} {s['requests_per_sec']:>9.0f} req/s  p50 {s['p50_ms']:.2f} ms  "
+            f"p99 {s['p99_ms']:.2f} ms  errors {s['errors']}"
+        )
+    print(
+        f"  hello/ceiling      {helloVsCeiling:.3f}  (target >= {TARGET_HELLO_VS_CEILING}: "
+        f"{_verdict(targetsMet['hello_vs_ceiling'])})"
+    )
+    print(
+        f"  systeminfo/hello   {sysVsHello:.3f}  (target >= {TARGET_SYSTEMINFO_VS_HELLO}: "
+        f"{_verdict(targetsMet['systeminfo_vs_hello'])})"
+    )
+    print(
+        f"  hello p99 - ceiling p99  {p99Extra:+.2f} ms  (target <= +{TARGET_P99_EXTRA_MS:g} ms: "
+        f"{_verdict(targetsMet['hello_p99_extra'])})"
+    )
+    print(
+        f"memory (RSS): pluginserver idle {idleRss:.1f} MB (target < {TARGET_IDLE_RSS_MB:g}: "
+        f"{_verdict(targetsMet['idle_rss'])}), loaded {loadedRss:.1f} MB, "
+        f"after reloads {rssAfterReloads:.1f} MB; ceiling idle {ceilingIdleRss:.1f} MB, "
+        f"loaded {ceilingLoadedRss:.1f} MB"
+    )
+    print(
+        f"/reload/{RELOAD_PLUGIN} over {len(reloadTimes)} calls: median {reloadMedian:.1f} ms, "
+        f"min {min(reloadTimes):.1f}, max {max(reloadTimes):.1f} "
+        f"(target < {TARGET_RELOAD_MS:g} ms: {_verdict(targetsMet['reload_median'])})"
+    )
 
-    accessLog: Optional[int] = None
+    accessLog: int | None = None
     if args.access_log:
         path = os.path.join(workdir, "access.log")
         accessLog = os.path.getsize(path) if os.path.exists(path) else None
         print(f"access log: {'not written' if accessLog is None else f'{accessLog} bytes'}")
     logScan = scan_log(serverLog)
-    print(f"server log: {logScan['lines']} lines, {logScan['tracebacks']} tracebacks, "
-          f"{logScan['suspicious']} error-looking lines")
+    print(
+        f"server log: {logScan['lines']} lines, {logScan['tracebacks']} tracebacks, "
+        f"{logScan['suspicious']} error-looking lines"
+    )
     for line in logScan["first_suspicious"]:
         print(f"  | {line}")
 

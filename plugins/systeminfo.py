@@ -128,7 +128,7 @@ class _Probe:
     def _run(self, call: Callable[[str], Any], mount: str) -> None:
         try:
             self.result = call(mount)
-        except Exception as e:  # noqa: BLE001 (reported for this mount only)
+        except Exception as e:  # any error is reported for this mount only
             self.error = e
         finally:
             self.done.set()
@@ -421,7 +421,7 @@ class SystemInfo(Plugin):
             "percent": percent,
             "per_cpu": per_cpu,
             "freq_mhz": _num(getattr(freq, "current", None)),
-            "loadavg": {k: _num(v, 2) for k, v in zip(("1m", "5m", "15m"), load)},
+            "loadavg": {k: _num(v, 2) for k, v in zip(("1m", "5m", "15m"), load, strict=False)},
             "times": {k: _num(v, 2) for k, v in times._asdict().items()},
         }
 
@@ -515,7 +515,9 @@ class SystemInfo(Plugin):
     @staticmethod
     def _info() -> Doc:
         u = os.uname() if hasattr(os, "uname") else platform.uname()
-        return dict(zip(("sysname", "nodename", "release", "version", "machine"), u[:5]))
+        return dict(
+            zip(("sysname", "nodename", "release", "version", "machine"), u[:5], strict=False)
+        )
 
     # -- packages ------------------------------------------------------------
 

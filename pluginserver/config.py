@@ -25,25 +25,14 @@ import ipaddress
 import json
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Tuple,
-    TypeVar,
-    Union,
-)
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import attr
 
-
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 T = TypeVar("T")
 
@@ -76,8 +65,8 @@ _PATH_KEYS = frozenset(
 _AUTH_MODES = ("global", "plugin", "none")
 
 # Typed empties, so mypy infers the right type for _Loader.get's default.
-_NO_WORDS: Tuple[str, ...] = ()
-_NO_NETWORKS: Tuple[Network, ...] = ()
+_NO_WORDS: tuple[str, ...] = ()
+_NO_NETWORKS: tuple[Network, ...] = ()
 
 
 class ConfigError(Exception):
@@ -93,8 +82,8 @@ class ConfigError(Exception):
     def __init__(
         self,
         path: str,
-        section: Optional[str],
-        key: Optional[str],
+        section: str | None,
+        key: str | None,
         message: str,
     ) -> None:
         # Pass every argument up so the exception pickles and compares.
@@ -160,7 +149,7 @@ def _unescape(text: str) -> str:
     Remove endpoint-string backslash escapes (C{\\:} -> C{:}), as Twisted's
     tokenizer does.  A trailing lone backslash is kept.
     """
-    out: List[str] = []
+    out: list[str] = []
     chars = iter(text)
     for char in chars:
         if char == "\\":
@@ -177,13 +166,13 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
-def _split_unescaped(text: str, separator: str, limit: int = -1) -> List[str]:
+def _split_unescaped(text: str, separator: str, limit: int = -1) -> list[str]:
     """
     Split C{text} on C{separator} wherever it is not backslash-escaped,
     keeping the escapes themselves intact in the pieces.
     """
-    pieces: List[str] = []
-    current: List[str] = []
+    pieces: list[str] = []
+    current: list[str] = []
     index = 0
     while index < len(text):
         char = text[index]
@@ -262,7 +251,7 @@ def resolve_endpoint_paths(description: str, base_dir: str) -> str:
 Coercer = Callable[[Any, str], T]
 
 
-def _integer(minimum: int, maximum: Optional[int] = None) -> Coercer[int]:
+def _integer(minimum: int, maximum: int | None = None) -> Coercer[int]:
     """
     An integer within bounds; an unprefixed string is converted.
     """
@@ -305,9 +294,7 @@ def _seconds(allow_zero: bool) -> Coercer[float]:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
-            if math.isfinite(number) and (
-                number > 0 or (allow_zero and number == 0)
-            ):
+            if math.isfinite(number) and (number > 0 or (allow_zero and number == 0)):
                 return number
         raise ValueError(f"expected {expected}, found {raw!r}")
 
@@ -347,7 +334,7 @@ def _secret(value: Any, raw: str) -> str:
     raise ValueError("expected text without a type prefix (value not shown)")
 
 
-def _words(value: Any, raw: str) -> Tuple[str, ...]:
+def _words(value: Any, raw: str) -> tuple[str, ...]:
     """
     A list of strings: from C{list:} or an unprefixed string split on
     whitespace.
@@ -368,19 +355,17 @@ def _log_format(value: Any, raw: str) -> str:
     raise ValueError(f"expected text or json, found {raw!r}")
 
 
-def _networks(value: Any, raw: str) -> Tuple[Network, ...]:
+def _networks(value: Any, raw: str) -> tuple[Network, ...]:
     """
     A list of IP addresses or CIDR networks, IPv4 or IPv6.  Host bits are
     allowed (C{10.1.2.3/8} means C{10.0.0.0/8}), as users write them.
     """
-    networks: List[Network] = []
+    networks: list[Network] = []
     for item in _words(value, raw):
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            raise ValueError(
-                f"expected IP addresses or CIDR networks, found {item!r}"
-            ) from None
+            raise ValueError(f"expected IP addresses or CIDR networks, found {item!r}") from None
     return tuple(networks)
 
 
@@ -416,16 +401,14 @@ def _origin(item: str) -> str:
     return origin
 
 
-def _origins(value: Any, raw: str) -> Tuple[str, ...]:
+def _origins(value: Any, raw: str) -> tuple[str, ...]:
     """
     The CORS allow-list: C{*} alone (any origin) or explicit origins.
     """
     items = _words(value, raw)
     if "*" in items:
         if len(items) != 1:
-            raise ValueError(
-                f"expected * alone or a list of origins, found {raw!r}"
-            )
+            raise ValueError(f"expected * alone or a list of origins, found {raw!r}")
         return ("*",)
     return tuple(_origin(item) for item in items)
 
@@ -438,7 +421,7 @@ def _frozen_empty() -> Mapping[str, Mapping[str, Any]]:
     return MappingProxyType({})
 
 
-def _redacted(value: Optional[str]) -> str:
+def _redacted(value: str | None) -> str:
     # Settings get logged; keys must never be.
     return "None" if value is None else "'<redacted>'"
 
@@ -465,7 +448,7 @@ class Settings:
     """
 
     path: str
-    listen: Tuple[str, ...]
+    listen: tuple[str, ...]
     listen_origin: str
     plugins_dir: str
     max_body: int = 1048576
@@ -474,11 +457,11 @@ class Settings:
     header_timeout: float = 10.0
     shutdown_timeout: float = 10.0
     threads: int = 10
-    allowed_hosts: Optional[Tuple[str, ...]] = None
+    allowed_hosts: tuple[str, ...] | None = None
     log_format: str = "text"
-    access_log: Optional[str] = None
+    access_log: str | None = None
     metrics_public: bool = False
-    apikey: Optional[str] = attr.ib(default=None, repr=_redacted)
+    apikey: str | None = attr.ib(default=None, repr=_redacted)
     allow_query_key: bool = False
     # Mappings are unhashable and carry plugin keys: keep them out of the
     # hash and the repr.
@@ -486,17 +469,17 @@ class Settings:
         factory=_frozen_empty, hash=False, repr=False
     )
     cors_enabled: bool = False
-    cors_origins: Tuple[str, ...] = ()
-    access_allow: Optional[Tuple[Network, ...]] = None
-    trusted_proxies: Tuple[Network, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    access_allow: tuple[Network, ...] | None = None
+    trusted_proxies: tuple[Network, ...] = ()
     sections: Mapping[str, Mapping[str, Any]] = attr.ib(
         factory=_frozen_empty, hash=False, repr=False
     )
 
     def with_overrides(
         self,
-        listen: Optional[Sequence[str]] = None,
-        plugins_dir: Optional[str] = None,
+        listen: Sequence[str] | None = None,
+        plugins_dir: str | None = None,
     ) -> Settings:
         """
         Apply command-line overrides.  Their paths resolve against the
@@ -512,11 +495,10 @@ class Settings:
             plugins directory.
         """
         cwd = os.getcwd()
-        changes: Dict[str, Any] = {}
+        changes: dict[str, Any] = {}
         if listen:
             changes["listen"] = tuple(
-                resolve_endpoint_paths(description, cwd)
-                for description in listen
+                resolve_endpoint_paths(description, cwd) for description in listen
             )
             changes["listen_origin"] = "--listen"
         if plugins_dir is not None:
@@ -524,15 +506,11 @@ class Settings:
             changes["plugins_dir"] = new_dir
             raw_params = self.sections.get("plugin_parms")
             if raw_params is not None and new_dir != self.plugins_dir:
-                changes["plugin_params"] = _build_plugin_params(
-                    self.path, raw_params, new_dir
-                )
+                changes["plugin_params"] = _build_plugin_params(self.path, raw_params, new_dir)
         return attr.evolve(self, **changes)
 
 
-def load_settings(
-    path: str, environ: Optional[Mapping[str, str]] = None
-) -> Settings:
+def load_settings(path: str, environ: Mapping[str, str] | None = None) -> Settings:
     """
     Read, interpolate, convert and check the config file at C{path}.
 
@@ -552,7 +530,7 @@ def load_settings(
     return loader.settings()
 
 
-def _read_ini(path: str) -> Dict[str, Dict[str, str]]:
+def _read_ini(path: str) -> dict[str, dict[str, str]]:
     """
     Parse the INI file into raw strings: C{{section: {key: value}}}, keys
     lower-cased, C{[DEFAULT]} under its own name as well as merged into
@@ -567,33 +545,23 @@ def _read_ini(path: str) -> Dict[str, Dict[str, str]]:
         with open(path, encoding="utf-8") as ini:
             parser.read_file(ini, source=path)
     except OSError as e:
-        raise ConfigError(
-            path, None, None, f"cannot read: {e.strerror or e}"
-        ) from e
+        raise ConfigError(path, None, None, f"cannot read: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
-        raise ConfigError(
-            path, None, None, f"not UTF-8 text: {e.reason}"
-        ) from e
+        raise ConfigError(path, None, None, f"not UTF-8 text: {e.reason}") from e
     except configparser.MissingSectionHeaderError as e:
         raise ConfigError(
             path,
             None,
             None,
-            f"line {e.lineno}: expected a [section] header,"
-            f" found {e.line.strip()!r}",
+            f"line {e.lineno}: expected a [section] header, found {e.line.strip()!r}",
         ) from e
     except configparser.DuplicateSectionError as e:
-        raise ConfigError(
-            path, e.section, None, f"line {e.lineno}: section given twice"
-        ) from e
+        raise ConfigError(path, e.section, None, f"line {e.lineno}: section given twice") from e
     except configparser.DuplicateOptionError as e:
-        raise ConfigError(
-            path, e.section, e.option, f"line {e.lineno}: key given twice"
-        ) from e
+        raise ConfigError(path, e.section, e.option, f"line {e.lineno}: key given twice") from e
     except configparser.ParsingError as e:
         problems = "; ".join(
-            f"line {lineno}: cannot parse {line.strip()!r}"
-            for lineno, line in e.errors
+            f"line {lineno}: cannot parse {line.strip()!r}" for lineno, line in e.errors
         )
         raise ConfigError(path, None, None, problems) from e
     except configparser.Error as e:
@@ -614,16 +582,14 @@ class _Loader:
     path: str
     base_dir: str
     environ: Mapping[str, str]
-    raw: Dict[str, Dict[str, str]]
-    _done: Dict[Tuple[str, str], str] = attr.ib(factory=dict)
-    _active: List[Tuple[str, str]] = attr.ib(factory=list)
-    _typed: Dict[str, Dict[str, Any]] = attr.ib(factory=dict)
+    raw: dict[str, dict[str, str]]
+    _done: dict[tuple[str, str], str] = attr.ib(factory=dict)
+    _active: list[tuple[str, str]] = attr.ib(factory=list)
+    _typed: dict[str, dict[str, Any]] = attr.ib(factory=dict)
 
     # -- interpolation
 
-    def _error(
-        self, section: Optional[str], key: Optional[str], message: str
-    ) -> ConfigError:
+    def _error(self, section: str | None, key: str | None, message: str) -> ConfigError:
         return ConfigError(self.path, section, key, message)
 
     def interpolated(self, section: str, key: str) -> str:
@@ -636,7 +602,7 @@ class _Loader:
         if where in self._active:
             # The key that closes the loop is the one holding the bad
             # reference; show the whole loop so it can be broken anywhere.
-            loop = self._active[self._active.index(where) :] + [where]
+            loop = [*self._active[self._active.index(where) :], where]
             chain = " -> ".join(f"${{{s}:{k}}}" for s, k in loop)
             caller = self._active[-1]
             raise self._error(caller[0], caller[1], f"reference cycle: {chain}")
@@ -649,7 +615,7 @@ class _Loader:
         return value
 
     def _substitute(self, section: str, key: str, text: str) -> str:
-        out: List[str] = []
+        out: list[str] = []
         index = 0
         while True:
             dollar = text.find("$", index)
@@ -667,12 +633,9 @@ class _Loader:
                     raise self._error(
                         section,
                         key,
-                        f"unterminated ${{ in {text[dollar:]!r}"
-                        " (write $$ for a literal $)",
+                        f"unterminated ${{ in {text[dollar:]!r} (write $$ for a literal $)",
                     )
-                out.append(
-                    self._reference(section, key, text[dollar + 2 : end])
-                )
+                out.append(self._reference(section, key, text[dollar + 2 : end]))
                 index = end + 1
             else:
                 # A lone $ is literal: passwords contain them.
@@ -695,16 +658,13 @@ class _Loader:
                 raise self._error(
                     section,
                     key,
-                    "expected ${ENV:NAME} or ${ENV:NAME:-default},"
-                    f" found ${{{body}}}",
+                    f"expected ${{ENV:NAME}} or ${{ENV:NAME:-default}}, found ${{{body}}}",
                 )
             if name in self.environ:
                 return self.environ[name]
             if default_marker:
                 return default
-            raise self._error(
-                section, key, f"environment variable {name} is not set"
-            )
+            raise self._error(section, key, f"environment variable {name} is not set")
         target_key = target_key.strip().lower()  # configparser's optionxform
         if target_section not in self.raw:
             raise self._error(
@@ -716,8 +676,7 @@ class _Loader:
             raise self._error(
                 section,
                 key,
-                f"${{{body}}}: there is no key {target_key}"
-                f" in [{target_section}]",
+                f"${{{body}}}: there is no key {target_key} in [{target_section}]",
             )
         return self.interpolated(target_section, target_key)
 
@@ -729,7 +688,7 @@ class _Loader:
         is reported even in sections nothing reads.
         """
         for section, values in self.raw.items():
-            typed: Dict[str, Any] = {}
+            typed: dict[str, Any] = {}
             for key in values:
                 text = self.interpolated(section, key)
                 if section == "plugin_parms":
@@ -752,10 +711,7 @@ class _Loader:
         """
         Is C{[section] key} present with a non-empty value?
         """
-        return (
-            key in self._typed.get(section, {})
-            and self.interpolated(section, key).strip() != ""
-        )
+        return key in self._typed.get(section, {}) and self.interpolated(section, key).strip() != ""
 
     def get(self, section: str, key: str, coerce: Coercer[T], default: T) -> T:
         """
@@ -764,13 +720,11 @@ class _Loader:
         if key not in self._typed.get(section, {}):
             return default
         try:
-            return coerce(
-                self._typed[section][key], self.interpolated(section, key)
-            )
+            return coerce(self._typed[section][key], self.interpolated(section, key))
         except ValueError as e:
             raise self._error(section, key, str(e)) from None
 
-    def path_value(self, section: str, key: str) -> Optional[str]:
+    def path_value(self, section: str, key: str) -> str | None:
         """
         C{[section] key} as an absolute path, or L{None} when absent or
         empty.
@@ -786,9 +740,7 @@ class _Loader:
         """
         self._interpolate_all()
         listen, origin = self.listeners()
-        plugins_dir = self.path_value("paths", "plugins") or _absolute(
-            "plugins", self.base_dir
-        )
+        plugins_dir = self.path_value("paths", "plugins") or _absolute("plugins", self.base_dir)
         allowed_hosts = self.get("server", "allowed_hosts", _words, _NO_WORDS)
         access_allow = self.get("access", "allow", _networks, _NO_NETWORKS)
         apikey = self.get("auth", "apikey", _secret, "")
@@ -798,42 +750,28 @@ class _Loader:
             listen_origin=origin,
             plugins_dir=plugins_dir,
             max_body=self.get("server", "max_body", _integer(0), 1048576),
-            request_timeout=self.get(
-                "server", "request_timeout", _seconds(False), 30.0
-            ),
-            idle_timeout=self.get(
-                "server", "idle_timeout", _seconds(False), 60.0
-            ),
-            header_timeout=self.get(
-                "server", "header_timeout", _seconds(False), 10.0
-            ),
-            shutdown_timeout=self.get(
-                "server", "shutdown_timeout", _seconds(True), 10.0
-            ),
+            request_timeout=self.get("server", "request_timeout", _seconds(False), 30.0),
+            idle_timeout=self.get("server", "idle_timeout", _seconds(False), 60.0),
+            header_timeout=self.get("server", "header_timeout", _seconds(False), 10.0),
+            shutdown_timeout=self.get("server", "shutdown_timeout", _seconds(True), 10.0),
             threads=self.get("server", "threads", _integer(1), 10),
             allowed_hosts=tuple(h.lower() for h in allowed_hosts) or None,
             log_format=self.get("server", "log_format", _log_format, "text"),
             access_log=self.path_value("server", "access_log"),
-            metrics_public=self.get(
-                "server", "metrics_public", _boolean, False
-            ),
+            metrics_public=self.get("server", "metrics_public", _boolean, False),
             apikey=apikey or None,
-            allow_query_key=self.get(
-                "auth", "allow_query_key", _boolean, False
-            ),
+            allow_query_key=self.get("auth", "allow_query_key", _boolean, False),
             plugin_params=_build_plugin_params(
                 self.path, self._typed.get("plugin_parms", {}), plugins_dir
             ),
             cors_enabled=self.get("cors", "enabled", _boolean, False),
             cors_origins=self.get("cors", "origin_url", _origins, _NO_WORDS),
             access_allow=access_allow or None,
-            trusted_proxies=self.get(
-                "access", "trusted_proxies", _networks, _NO_NETWORKS
-            ),
+            trusted_proxies=self.get("access", "trusted_proxies", _networks, _NO_NETWORKS),
             sections=self.sections(),
         )
 
-    def listeners(self) -> Tuple[Tuple[str, ...], str]:
+    def listeners(self) -> tuple[tuple[str, ...], str]:
         """
         The listeners and where they came from: C{[server] listen}, else
         the old C{[network]}/C{[SSL]} keys, else the default.
@@ -864,9 +802,7 @@ class _Loader:
             value = self.path_value("SSL", key)
             if value is None:
                 # Never fall back to plain HTTP when TLS was asked for.
-                raise self._error(
-                    "SSL", key, f"SSL is enabled, so {key} is required"
-                )
+                raise self._error("SSL", key, f"SSL is enabled, so {key} is required")
             keys.append(_escape(value))
         return (
             (f"ssl:{description}:privateKey={keys[0]}:certKey={keys[1]}",),
@@ -877,7 +813,7 @@ class _Loader:
         """
         Every section's typed values, read-only, known paths absolute.
         """
-        result: Dict[str, Mapping[str, Any]] = {}
+        result: dict[str, Mapping[str, Any]] = {}
         for section, typed in self._typed.items():
             if section == configparser.DEFAULTSECT:
                 continue  # already merged into every section
@@ -902,17 +838,13 @@ def _build_plugin_params(
     """
     return MappingProxyType(
         {
-            name: MappingProxyType(
-                _plugin_params(path, name, str(text), plugins_dir)
-            )
+            name: MappingProxyType(_plugin_params(path, name, str(text), plugins_dir))
             for name, text in raw.items()
         }
     )
 
 
-def _normalise_auth(
-    params: Dict[str, Any], fail: Callable[[str], ConfigError]
-) -> None:
+def _normalise_auth(params: dict[str, Any], fail: Callable[[str], ConfigError]) -> None:
     """
     Fold the old C{auth_type=} spelling into C{auth=}.
     """
@@ -923,9 +855,7 @@ def _normalise_auth(
         params["auth"] = auth_type
 
 
-def _plugin_params(
-    path: str, name: str, text: str, plugins_dir: str
-) -> Dict[str, Any]:
+def _plugin_params(path: str, name: str, text: str, plugins_dir: str) -> dict[str, Any]:
     """
     One plugin's parameters: query-string pairs, each value typed, merged
     over its C{json=} file, with C{auth} checked.
@@ -939,16 +869,12 @@ def _plugin_params(
     except ValueError:
         # Not echoed: the string may hold an apikey.
         raise fail("expected name=value pairs joined by &") from None
-    params: Dict[str, Any] = {}
+    params: dict[str, Any] = {}
     for key, value in pairs:
         try:
             params[key] = parse_value(value)
         except ValueError as e:
-            detail = (
-                "invalid type prefix (value not shown)"
-                if key == "apikey"
-                else str(e)
-            )
+            detail = "invalid type prefix (value not shown)" if key == "apikey" else str(e)
             raise fail(f"{key}: {detail}") from None
     _normalise_auth(params, fail)
 
@@ -974,9 +900,7 @@ def _plugin_params(
     return params
 
 
-def _read_json_params(
-    json_path: str, fail: Callable[[str], ConfigError]
-) -> Dict[str, Any]:
+def _read_json_params(json_path: str, fail: Callable[[str], ConfigError]) -> dict[str, Any]:
     """
     Read a C{json=} file: it must hold one JSON object.
     """
@@ -984,14 +908,9 @@ def _read_json_params(
         with open(json_path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as e:
-        raise fail(
-            f"json file {json_path}: cannot read: {e.strerror or e}"
-        ) from None
+        raise fail(f"json file {json_path}: cannot read: {e.strerror or e}") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise fail(f"json file {json_path}: invalid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise fail(
-            f"json file {json_path}: expected a JSON object,"
-            f" found {type(data).__name__}"
-        )
+        raise fail(f"json file {json_path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from typing import Callable, DefaultDict, Dict, Iterator, List, Mapping, Tuple
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -24,7 +24,7 @@ from prometheus_client.core import (
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-BUCKETS: Tuple[float, ...] = (
+BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 """Upper bounds of the request-duration histogram, in seconds."""
@@ -55,12 +55,12 @@ class Metrics:
 
     def __init__(self, generations: Callable[[], Mapping[str, int]]) -> None:
         self._generations = generations
-        self._requests: Dict[Tuple[str, int], int] = {}
-        self._durations: Dict[str, _Histogram] = {}
-        self._reloads: DefaultDict[Tuple[str, str], int] = defaultdict(int)
-        self._errors: DefaultDict[str, int] = defaultdict(int)
+        self._requests: dict[tuple[str, int], int] = {}
+        self._durations: dict[str, _Histogram] = {}
+        self._reloads: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._errors: defaultdict[str, int] = defaultdict(int)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
         ProcessCollector(registry=self.registry)
 
     # -- counting (hot path) ---------------------------------------------------
@@ -98,7 +98,9 @@ class Metrics:
         collector protocol).
         """
         requests = CounterMetricFamily(
-            "pluginserver_requests", "Requests answered, by route and status.", labels=["route", "status"]
+            "pluginserver_requests",
+            "Requests answered, by route and status.",
+            labels=["route", "status"],
         )
         for (route, status), count in sorted(self._requests.items()):
             requests.add_metric([route, str(status)], count)
@@ -110,9 +112,9 @@ class Metrics:
             labels=["route"],
         )
         for route, histogram in sorted(self._durations.items()):
-            cumulative: List[Tuple[str, float]] = []
+            cumulative: list[tuple[str, float]] = []
             running = 0
-            for bound, count in zip(BUCKETS, histogram.counts):
+            for bound, count in zip(BUCKETS, histogram.counts, strict=False):
                 running += count
                 cumulative.append((repr(bound), running))
             running += histogram.counts[-1]

@@ -9,7 +9,8 @@ value, a C{(status, value)} tuple, or an L{HTTPError}.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, ClassVar, Mapping, Optional, Tuple, Union
+from collections.abc import Awaitable, Mapping
+from typing import Any, ClassVar, TypeAlias
 
 import attr
 
@@ -107,7 +108,7 @@ class RawJSON(bytes):
     """
 
 
-Result = Union[Any, Tuple[int, Any]]
+Result: TypeAlias = Any | tuple[int, Any]
 """What C{handle} may return: a value (200) or a C{(status, value)} tuple."""
 
 
@@ -123,27 +124,25 @@ class Plugin:
         block (files, subprocesses, slow libraries) without stalling others.
     """
 
-    name: ClassVar[Optional[str]] = None
-    methods: ClassVar[Tuple[str, ...]] = ("GET", "HEAD", "POST")
+    name: ClassVar[str | None] = None
+    methods: ClassVar[tuple[str, ...]] = ("GET", "HEAD", "POST")
     blocking: ClassVar[bool] = False
 
-    def __init__(
-        self, name: str, params: Mapping[str, Any], config: Any = None
-    ) -> None:
+    def __init__(self, name: str, params: Mapping[str, Any], config: Any = None) -> None:
         # An instance attribute shadows the class attribute: self.name is
         # always the route it serves.
         self.name = name  # type: ignore[misc]
         self.params = params
         self.config = config
 
-    def start(self) -> Optional[Awaitable[None]]:
+    def start(self) -> Awaitable[None] | None:
         """
         Called once when this instance is loaded, before it serves: start
         timers and background work here.  May return a Deferred or be async.
         """
         return None
 
-    def stop(self) -> Optional[Awaitable[None]]:
+    def stop(self) -> Awaitable[None] | None:
         """
         Called once when this instance is replaced, removed, or the server
         stops: stop every timer and background task started in L{start}.

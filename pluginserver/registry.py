@@ -31,16 +31,9 @@ import sys
 import time
 import traceback
 import types
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import (
     Any,
-    Callable,
-    Dict,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Tuple,
-    Type,
 )
 
 import attr
@@ -110,7 +103,7 @@ class LoadedPlugin:
         """
         return str(self.params.get("auth", "global"))
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """
         A JSON-ready description, as C{/plugins} shows it.
         """
@@ -133,8 +126,8 @@ class ReloadOutcome:
 
     name: str
     success: bool
-    generation: Optional[int]
-    error: Optional[str] = None
+    generation: int | None
+    error: str | None = None
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -143,10 +136,10 @@ class ReloadReport:
     The result of reloading the whole directory.
     """
 
-    loaded: List[str]
-    added: List[str]
-    removed: List[str]
-    failed: Dict[str, str]
+    loaded: list[str]
+    added: list[str]
+    removed: list[str]
+    failed: dict[str, str]
 
 
 class _NoCacheLoader(importlib.abc.SourceLoader):
@@ -156,7 +149,7 @@ class _NoCacheLoader(importlib.abc.SourceLoader):
     the hash of every source it runs so the registry can tell what changed.
     """
 
-    def __init__(self, fullname: str, path: str, seen: Dict[str, str]) -> None:
+    def __init__(self, fullname: str, path: str, seen: dict[str, str]) -> None:
         self._fullname = fullname
         self._path = path
         self._seen = seen
@@ -180,7 +173,7 @@ class _PluginFinder(importlib.abc.MetaPathFinder):
     there.
     """
 
-    def __init__(self, package: str, directory: str, seen: Dict[str, str]) -> None:
+    def __init__(self, package: str, directory: str, seen: dict[str, str]) -> None:
         self.package = package
         self.directory = directory
         self._seen = seen
@@ -188,9 +181,9 @@ class _PluginFinder(importlib.abc.MetaPathFinder):
     def find_spec(
         self,
         fullname: str,
-        path: Optional[Sequence[str]],
-        target: Optional[types.ModuleType] = None,
-    ) -> Optional[importlib.machinery.ModuleSpec]:
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
         if not fullname.startswith(self.package + "."):
             return None
         parts = fullname[len(self.package) + 1 :].split(".")
@@ -230,7 +223,7 @@ def _describe_error(exc: BaseException, path: str) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _plugin_class(module: types.ModuleType) -> Type[Plugin]:
+def _plugin_class(module: types.ModuleType) -> type[Plugin]:
     """
     The one concrete L{Plugin} subclass a plugin module defines.
     """
@@ -251,7 +244,7 @@ def _plugin_class(module: types.ModuleType) -> Type[Plugin]:
     return leaves[0]
 
 
-def _maybe_async(f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+def _maybe_async(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     """
     Call C{f}; whether it returns a value, a Deferred or a coroutine, or
     raises, give back a Deferred.
@@ -282,7 +275,7 @@ class PluginRegistry:
         config: Any = None,
         package: str = "pluginserver_plugins",
         clock: Callable[[], float] = time.time,
-        observe: Optional[Callable[[str, bool], None]] = None,
+        observe: Callable[[str, bool], None] | None = None,
     ) -> None:
         if package in sys.modules:
             raise ValueError(f"module name {package!r} is already in use")
@@ -292,8 +285,8 @@ class PluginRegistry:
         self._package = package
         self._clock = clock
         self._observe = observe or (lambda name, success: None)
-        self._seen: Dict[str, str] = {}
-        self._byName: Dict[str, LoadedPlugin] = {}
+        self._seen: dict[str, str] = {}
+        self._byName: dict[str, LoadedPlugin] = {}
         self._lock = defer.DeferredLock()
         self._finder = _PluginFinder(package, self.directory, self._seen)
         pkg = types.ModuleType(package, f"pluginserver plugins from {self.directory}")
@@ -305,7 +298,7 @@ class PluginRegistry:
 
     # -- lookups (hot path) ---------------------------------------------
 
-    def get(self, name: str) -> Optional[LoadedPlugin]:
+    def get(self, name: str) -> LoadedPlugin | None:
         """
         The generation serving C{name}, or L{None}.
         """
@@ -320,7 +313,7 @@ class PluginRegistry:
 
     # -- discovery -------------------------------------------------------
 
-    def discover(self) -> List[str]:
+    def discover(self) -> list[str]:
         """
         The stems of the plugin files in the directory, sorted; files that
         cannot be plugins are logged and left out.
@@ -348,7 +341,7 @@ class PluginRegistry:
             stems.append(stem)
         return stems
 
-    def _byStem(self, stem: str) -> Optional[LoadedPlugin]:
+    def _byStem(self, stem: str) -> LoadedPlugin | None:
         for loaded in self._byName.values():
             if loaded.stem == stem:
                 return loaded
@@ -362,7 +355,7 @@ class PluginRegistry:
     def _path(self, stem: str) -> str:
         return os.path.join(self.directory, stem + ".py")
 
-    def _scratch(self, fullname: str, path: str) -> Tuple[types.ModuleType, str]:
+    def _scratch(self, fullname: str, path: str) -> tuple[types.ModuleType, str]:
         """
         Compile and run the current source of C{path} in a fresh module that
         nothing else sees.  Raises L{PluginLoadError} naming file and line.
@@ -386,7 +379,7 @@ class PluginRegistry:
             raise PluginLoadError(_describe_error(e, path)) from None
         return module, _hash(source)
 
-    def _changedHelpers(self) -> List[str]:
+    def _changedHelpers(self) -> list[str]:
         """
         The helper modules (imported by plugins from the plugins directory,
         not plugins themselves) whose source changed since they ran.
@@ -408,7 +401,7 @@ class PluginRegistry:
                 changed.append(fullname)
         return sorted(changed)
 
-    def _refreshHelpers(self) -> List[str]:
+    def _refreshHelpers(self) -> list[str]:
         """
         Rebuild every changed helper module, each checked in a scratch
         module first.  Returns their names.
@@ -434,7 +427,7 @@ class PluginRegistry:
             # rebuild leaves ALLOW_DUPLICATES on when it raises.
             components.ALLOW_DUPLICATES = False
 
-    def _liveModule(self, stem: str) -> Tuple[types.ModuleType, Type[Plugin], str]:
+    def _liveModule(self, stem: str) -> tuple[types.ModuleType, type[Plugin], str]:
         """
         Bring the live module of C{stem} up to date with its file: checked
         in a scratch module first, then imported (first load) or rebuilt.
@@ -465,7 +458,7 @@ class PluginRegistry:
         return self._params.get(name) or self._params.get(stem) or {}
 
     @defer.inlineCallbacks
-    def _load(self, stem: str) -> Any:
+    def _load(self, stem: str) -> Generator[defer.Deferred[Any], Any, LoadedPlugin]:
         """
         Load or reload C{stem}: a new generation, started and swapped in,
         or L{PluginLoadError} with the old generation untouched.
@@ -522,7 +515,7 @@ class PluginRegistry:
         return loaded
 
     @defer.inlineCallbacks
-    def _stopOne(self, loaded: LoadedPlugin) -> Any:
+    def _stopOne(self, loaded: LoadedPlugin) -> Generator[defer.Deferred[Any], Any, None]:
         try:
             yield _maybe_async(loaded.stop)
         except Exception:
@@ -533,7 +526,7 @@ class PluginRegistry:
             )
 
     @defer.inlineCallbacks
-    def _unload(self, loaded: LoadedPlugin) -> Any:
+    def _unload(self, loaded: LoadedPlugin) -> Generator[defer.Deferred[Any], Any, None]:
         del self._byName[loaded.name]
         fullname = self._fullname(loaded.stem)
         sys.modules.pop(fullname, None)
@@ -563,7 +556,7 @@ class PluginRegistry:
 
     # -- public operations -------------------------------------------------
 
-    def reload(self, name: str) -> "defer.Deferred[ReloadOutcome]":
+    def reload(self, name: str) -> defer.Deferred[ReloadOutcome]:
         """
         Reload one plugin (by route name or file stem) from its file, and any
         helper module that changed.  Fires with a L{ReloadOutcome}; fails
@@ -572,7 +565,7 @@ class PluginRegistry:
         return self._lock.run(self._reloadOne, name)
 
     @defer.inlineCallbacks
-    def _reloadOne(self, name: str) -> Any:
+    def _reloadOne(self, name: str) -> Generator[defer.Deferred[Any], Any, ReloadOutcome]:
         current = self._byName.get(name) or self._byStem(name)
         stem = current.stem if current else name
         if current is None and (
@@ -584,7 +577,7 @@ class PluginRegistry:
             return ReloadOutcome(current.name, False, None, "plugin file was removed")
         try:
             self._refreshHelpers()
-            loaded = yield self._load(stem)
+            loaded: LoadedPlugin = yield self._load(stem)
         except PluginLoadError as e:
             self._failed(stem, str(e))
             return ReloadOutcome(
@@ -597,9 +590,9 @@ class PluginRegistry:
 
     def reload_all(
         self,
-        params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
         config: Any = None,
-    ) -> "defer.Deferred[ReloadReport]":
+    ) -> defer.Deferred[ReloadReport]:
         """
         Bring the registry in line with the directory (and, when given, new
         params and config): reload changed plugins, load new files, unload
@@ -610,18 +603,18 @@ class PluginRegistry:
     @defer.inlineCallbacks
     def _reloadAll(
         self,
-        params: Optional[Mapping[str, Mapping[str, Any]]],
+        params: Mapping[str, Mapping[str, Any]] | None,
         config: Any,
-    ) -> Any:
+    ) -> Generator[defer.Deferred[Any], Any, ReloadReport]:
         oldParams = self._params
         if params is not None:
             self._params = params
         if config is not None:
             self._config = config
         stems = self.discover()
-        failed: Dict[str, str] = {}
-        added: List[str] = []
-        removed: List[str] = []
+        failed: dict[str, str] = {}
+        added: list[str] = []
+        removed: list[str] = []
         for loaded in list(self._byName.values()):
             if loaded.stem not in stems:
                 yield self._unload(loaded)
@@ -636,9 +629,7 @@ class PluginRegistry:
             helpersChanged = False
         for stem in stems:
             current = self._byStem(stem)
-            if current is not None and not self._needsReload(
-                current, oldParams, helpersChanged
-            ):
+            if current is not None and not self._needsReload(current, oldParams, helpersChanged):
                 continue
             try:
                 loaded = yield self._load(stem)
@@ -665,13 +656,13 @@ class PluginRegistry:
         except OSError:
             return True
 
-    def check_all(self) -> Dict[str, Optional[str]]:
+    def check_all(self) -> dict[str, str | None]:
         """
         Compile and run every plugin file in a scratch module, as a load
         would, without making anything live or starting anything: each
         plugin's stem maps to its error, or L{None} when it would load.
         """
-        results: Dict[str, Optional[str]] = {}
+        results: dict[str, str | None] = {}
         for stem in self.discover():
             try:
                 cls = _plugin_class(self._scratch(self._fullname(stem), self._path(stem))[0])
@@ -686,13 +677,13 @@ class PluginRegistry:
                 )
         return results
 
-    def load_all(self) -> "defer.Deferred[ReloadReport]":
+    def load_all(self) -> defer.Deferred[ReloadReport]:
         """
         Load every plugin in the directory (the first load).
         """
         return self.reload_all()
 
-    def stop_all(self) -> "defer.Deferred[None]":
+    def stop_all(self) -> defer.Deferred[None]:
         """
         Stop and unload every plugin, and take the synthetic package out of
         the import system.
@@ -700,7 +691,7 @@ class PluginRegistry:
         return self._lock.run(self._stopAll)
 
     @defer.inlineCallbacks
-    def _stopAll(self) -> Any:
+    def _stopAll(self) -> Generator[defer.Deferred[Any], Any, None]:
         for loaded in list(self._byName.values()):
             yield self._unload(loaded)
         self.close()
@@ -711,6 +702,8 @@ class PluginRegistry:
         """
         if self._finder in sys.meta_path:
             sys.meta_path.remove(self._finder)
-        for fullname in [m for m in sys.modules if m == self._package or m.startswith(self._package + ".")]:
+        for fullname in [
+            m for m in sys.modules if m == self._package or m.startswith(self._package + ".")
+        ]:
             del sys.modules[fullname]
         self._seen.clear()

@@ -13,20 +13,24 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
-from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attr
 
 from pluginserver.config import Settings
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+if TYPE_CHECKING:
+    from twisted.web.http_headers import Headers
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PREFLIGHT_HEADERS = b"Authorization, Content-Type, X-API-Key, X-Custom-Auth"
 PREFLIGHT_MAX_AGE = b"600"
 WWW_AUTHENTICATE = b'Bearer realm="pluginserver"'
 
 
-def keys_match(given: Optional[str], expected: str) -> bool:
+def keys_match(given: str | None, expected: str) -> bool:
     """
     Compare a presented key with the expected one in constant time (for
     keys of the same length), so timing does not reveal how much matched.
@@ -37,17 +41,17 @@ def keys_match(given: Optional[str], expected: str) -> bool:
 
 
 def find_key(
-    headers: Any,
-    query_key: Optional[str],
-    body_key: Optional[str],
+    headers: Headers,
+    query_key: str | None,
+    body_key: str | None,
     allow_query_key: bool,
-) -> Optional[str]:
+) -> str | None:
     """
     The API key a request presents; the first source found wins:
     C{Authorization: Bearer}, C{X-API-Key}, C{X-Custom-Auth}, the body field
     C{apikey}, and the query's C{apikey} only when C{allow_query_key} is on.
 
-    @param headers: the request's L{twisted.web.http_headers.Headers}.
+    @param headers: the request's headers.
     """
     authorization = headers.getRawHeaders(b"authorization")
     if authorization:
@@ -66,7 +70,7 @@ def find_key(
 
 
 @functools.lru_cache(maxsize=4096)
-def _ip_in(address: str, networks: Tuple[Network, ...]) -> bool:
+def _ip_in(address: str, networks: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
@@ -110,7 +114,7 @@ class CORSDecision:
     """
 
     allowed: bool
-    headers: Tuple[Tuple[bytes, bytes], ...] = ()
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -119,15 +123,15 @@ class SecurityPolicy:
     The security settings, in the form the request path uses them.
     """
 
-    apikey: Optional[str] = None
+    apikey: str | None = None
     allow_query_key: bool = False
     cors_enabled: bool = False
     cors_any: bool = False
-    cors_origins: FrozenSet[str] = frozenset()
-    access_allow: Optional[Tuple[Network, ...]] = None
-    trusted_proxies: Tuple[Network, ...] = ()
-    allowed_hosts: Optional[FrozenSet[str]] = None
-    _hosts: Dict[bytes, bool] = attr.ib(factory=dict, eq=False, repr=False, init=False)
+    cors_origins: frozenset[str] = frozenset()
+    access_allow: tuple[Network, ...] | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+    allowed_hosts: frozenset[str] | None = None
+    _hosts: dict[bytes, bool] = attr.ib(factory=dict, eq=False, repr=False, init=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecurityPolicy:
@@ -138,7 +142,9 @@ class SecurityPolicy:
             cors_enabled=settings.cors_enabled,
             cors_any=origins == ("*",),
             cors_origins=frozenset(o for o in origins if o != "*"),
-            access_allow=tuple(settings.access_allow) if settings.access_allow is not None else None,
+            access_allow=(
+                tuple(settings.access_allow) if settings.access_allow is not None else None
+            ),
             trusted_proxies=tuple(settings.trusted_proxies),
             allowed_hosts=(
                 frozenset(_host_name(h) for h in settings.allowed_hosts)
@@ -147,7 +153,7 @@ class SecurityPolicy:
             ),
         )
 
-    def host_allowed(self, host: Optional[bytes]) -> bool:
+    def host_allowed(self, host: bytes | None) -> bool:
         """
         Whether a request with this C{Host} header may be served (defence
         against DNS rebinding).  Without an allow-list every host is.
@@ -164,7 +170,7 @@ class SecurityPolicy:
             known = self._hosts[host] = host_without_port(host) in self.allowed_hosts
         return known
 
-    def client_address(self, peer: str, forwarded_for: Optional[Sequence[bytes]]) -> str:
+    def client_address(self, peer: str, forwarded_for: Sequence[bytes] | None) -> str:
         """
         The client's address: the peer's, unless the peer is a trusted proxy
         that sent C{X-Forwarded-For}; then the nearest address in that chain
@@ -214,7 +220,7 @@ class SecurityPolicy:
             )
         return CORSDecision(False)
 
-    def required_key(self, params: Mapping[str, Any]) -> Optional[str]:
+    def required_key(self, params: Mapping[str, Any]) -> str | None:
         """
         The key a plugin with these params needs: its own (C{auth=plugin}),
         none (C{auth=none}), or the global one (C{auth=global}, or no auth
@@ -229,7 +235,7 @@ class SecurityPolicy:
         return self.apikey
 
 
-def preflight_headers(methods: Iterable[str]) -> Tuple[Tuple[bytes, bytes], ...]:
+def preflight_headers(methods: Iterable[str]) -> tuple[tuple[bytes, bytes], ...]:
     """
     The extra headers of a 204 answer to a CORS preflight.
     """

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import gc
 import signal
-from typing import Any, Callable, Dict, Tuple
+from collections.abc import Callable, Generator
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -162,14 +163,16 @@ class PluginServerService(MultiService):
         return self._registry
 
     @defer.inlineCallbacks
-    def reload_all(self) -> Any:
+    def reload_all(
+        self,
+    ) -> Generator[defer.Deferred[Any], Any, tuple[ReloadReport, dict[str, str]]]:
         """
         Re-read the configuration and the TLS certificates, and reload every
         plugin that changed.  Fires with C{(report, failures)}: failures
         maps C{"config"} or a listener to its error; what failed keeps its
         old state (configuration, certificate) and the rest still reloads.
         """
-        failures: Dict[str, str] = {}
+        failures: dict[str, str] = {}
         try:
             new = self._reloadSettings()
         except ConfigError as e:
@@ -201,7 +204,7 @@ class PluginServerService(MultiService):
             removed=report.removed,
             failed=sorted(report.failed),
         )
-        result: Tuple[ReloadReport, Dict[str, str]] = (report, failures)
+        result: tuple[ReloadReport, dict[str, str]] = (report, failures)
         return result
 
     def _applySettings(self, new: Settings) -> None:
@@ -278,7 +281,7 @@ class PluginServerService(MultiService):
         self.reload_all().addErrback(lambda f: log.failure("Reload on SIGHUP failed", f))
 
     @defer.inlineCallbacks
-    def stopService(self) -> Any:
+    def stopService(self) -> Generator[defer.Deferred[Any], Any, None]:
         if self._previousHup is not None:
             signal.signal(signal.SIGHUP, self._previousHup)
             self._previousHup = None
@@ -293,7 +296,7 @@ class PluginServerService(MultiService):
         log.info("pluginserver stopped")
 
     @defer.inlineCallbacks
-    def _drain(self, timeout: float) -> Any:
+    def _drain(self, timeout: float) -> Generator[defer.Deferred[Any], Any, None]:
         """
         Wait until no request is in flight, or C{timeout} seconds.
         """

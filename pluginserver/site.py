@@ -21,10 +21,12 @@ import json
 import re
 import time
 from time import perf_counter as _now
-from typing import Any, Optional, Set
+from typing import Any, Protocol, TextIO
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.base import DelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
@@ -52,7 +54,9 @@ TOO_LARGE = _raw_response(b"413 Request Entity Too Large", "request body too lar
 HEAD_TIMEOUT = _raw_response(b"408 Request Timeout", "request timeout")
 BAD_REQUEST = _raw_response(b"400 Bad Request", "bad request")
 URI_TOO_LONG = _raw_response(b"414 URI Too Long", "request line too long")
-HEADERS_TOO_LARGE = _raw_response(b"431 Request Header Fields Too Large", "request headers too large")
+HEADERS_TOO_LARGE = _raw_response(
+    b"431 Request Header Fields Too Large", "request headers too large"
+)
 
 _NO_METHOD_YET = Request.method  # what a request's method is until it is received
 
@@ -99,7 +103,7 @@ def _bulk_header_setter() -> Any:
     values = [value for _, value in DEFAULT_HEADERS]
 
     def fast(headers: Headers, date_value: bytes) -> None:
-        headers._rawHeaders.update(  # type: ignore[attr-defined]
+        headers._rawHeaders.update(
             {
                 date: [date_value],
                 contentType: [values[0]],
@@ -135,13 +139,20 @@ class _Discard:
 class PluginServerRequest(Request):
     """
     A request that enforces the body limit.
+
+    @ivar route: the route label of this request's metrics, set by the web
+        layer (absent until it has seen the request).
     """
+
+    channel: PluginServerChannel
+    site: PluginServerSite
+    route: str
 
     defaultContentType = b"application/json"
     _refused = False
     _received = 0
 
-    def gotLength(self, length: Optional[int]) -> None:
+    def gotLength(self, length: int | None) -> None:
         if length and length > self.channel.site.max_body:
             self._refuse()
             return
@@ -163,7 +174,7 @@ class PluginServerRequest(Request):
         self._refused = True
         if self.content is not None:
             self.content.close()
-        self.content = _Discard()  # type: ignore[assignment]
+        self.content = _Discard()
         # Twisted would answer "100 Continue" after this: there is nothing
         # to continue.
         self.requestHeaders.removeHeader(b"expect")
@@ -194,15 +205,17 @@ class PluginServerRequest(Request):
             self.processingFailed(Failure())
 
 
-
 class PluginServerChannel(HTTPChannel):
     """
     An HTTP channel with a deadline for each request's head, and JSON
     answers for heads it cannot accept.
     """
 
-    _headDeadline: Optional[IDelayedCall] = None
-    _refusing: Optional[IDelayedCall] = None
+    site: PluginServerSite  # set by Site.buildProtocol
+    # What reactor.callLater gives (IDelayedCall names the interface, whose
+    # methods mypy cannot call without the mypy-zope plugin).
+    _headDeadline: DelayedCall | None = None
+    _refusing: DelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -260,7 +273,9 @@ class PluginServerChannel(HTTPChannel):
             return
         self._cancelHeadDeadline()
         self.setTimeout(None)
-        transport = self.transport
+        # An ITCPTransport (abortConnection) or TLS transport; typed loosely
+        # because mypy cannot call a zope Interface's methods.
+        transport: Any = self.transport
         # Stop LineReceiver's loop over the lines already buffered.
         self.paused = True
         transport.write(response)
@@ -270,7 +285,7 @@ class PluginServerChannel(HTTPChannel):
         else:
             transport.loseConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.site.channels.discard(self)
         self._cancelHeadDeadline()
         if self._refusing is not None and self._refusing.active():
@@ -316,6 +331,18 @@ def redacted_log_line(timestamp: str, request: Any) -> str:
     return line
 
 
+class _LogFile(Protocol):
+    """
+    The access log as this site uses it: what twisted.web needs, and flush.
+    """
+
+    def write(self, data: str, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class PluginServerSite(Site):
     """
     The site: JSON requests with limits, counted while in flight.
@@ -326,15 +353,19 @@ class PluginServerSite(Site):
     """
 
     requestFactory = PluginServerRequest
-    protocol = PluginServerChannel
+    # Twisted types this as its HTTP/1.1-or-HTTP/2 wrapper's factory; this
+    # site serves its own HTTP/1.1 channel.
+    protocol = PluginServerChannel  # type: ignore[assignment]
     max_body = 1048576
     header_timeout = 10.0
-    metrics: Optional[Metrics] = None
+    metrics: Metrics | None = None
+    # What _openLogFile opens, or twisted.python.log's file: both flush.
+    _logFile: _LogFile | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("logFormatter", redacted_log_line)
         super().__init__(*args, **kwargs)
-        self.channels: Set[PluginServerChannel] = set()
+        self.channels: set[PluginServerChannel] = set()
         # The Date header's value, made at most once a second (by requests).
         self._dateSecond = -1
         self._date = b""
@@ -346,7 +377,7 @@ class PluginServerSite(Site):
         """
         return sum(len(channel.requests) for channel in self.channels)
 
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         """
         Count the answered request, and write its access-log line when
         there is an access log (twisted.web would otherwise send it to the
@@ -365,7 +396,7 @@ class PluginServerSite(Site):
 
     # -- the access log ------------------------------------------------------------
 
-    def _openLogFile(self, path: Any) -> Any:
+    def _openLogFile(self, path: str | bytes) -> TextIO:
         # Buffered, not line-buffered: a write per request would halve the
         # throughput.  _updateLogDateTime flushes it every second.
         return open(path, "a", ACCESS_LOG_BUFFER, newline="\n")
@@ -375,7 +406,7 @@ class PluginServerSite(Site):
         if self.logPath is not None and self._logFile is not None:
             self._logFile.flush()
 
-    def set_access_log(self, path: Optional[str]) -> None:
+    def set_access_log(self, path: str | None) -> None:
         """
         Write the access log to C{path} from now on (L{None}: no access
         log); the file is opened afresh, so this also reopens it after

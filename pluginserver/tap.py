@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List, Optional, TextIO
+from typing import Any, ClassVar, NoReturn, TextIO
 
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import formatEvent, jsonFileLogObserver
@@ -33,12 +33,13 @@ class Options(usage.Options):
 
     synopsis = "[--config FILE] [--listen ENDPOINT ...] [--plugins DIR]"
 
-    optParameters = [
+    # Read by usage.Options from the class (and its bases), never changed.
+    optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", "etc/ps.ini", "The configuration file (INI)."],
         ["plugins", "p", None, "The plugins directory (replaces [paths] plugins)."],
     ]
 
-    optFlags = [
+    optFlags: ClassVar[list[list[str | None]]] = [
         [
             "check",
             None,
@@ -66,9 +67,7 @@ class Options(usage.Options):
         Read the configuration file with the command line's overrides applied.
         """
         settings = load_settings(self["config"])
-        return settings.with_overrides(
-            listen=self["listen"] or None, plugins_dir=self["plugins"]
-        )
+        return settings.with_overrides(listen=self["listen"] or None, plugins_dir=self["plugins"])
 
     def postOptions(self) -> None:
         try:
@@ -167,7 +166,7 @@ def _origin(settings: Settings) -> str:
     return f"{settings.path}: {settings.listen_origin}"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     """
     Stop twistd with one line on stderr and exit status 1: a configuration
     problem is not a usage problem, so twistd's usage text is not printed.
@@ -182,7 +181,7 @@ def makeService(options: Options) -> PluginServerService:
     from twisted.internet import reactor
 
     settings: Settings = options["settings"]
-    parent: Optional[Any] = getattr(options, "parent", None)
+    parent: Any | None = getattr(options, "parent", None)
     nodaemon = bool(parent is None or parent.get("nodaemon"))
     service = PluginServerService(
         settings,
@@ -195,4 +194,4 @@ def makeService(options: Options) -> PluginServerService:
     return service
 
 
-__all__: List[str] = ["Options", "makeService"]
+__all__: list[str] = ["Options", "makeService"]

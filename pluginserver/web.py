@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import types
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from klein import Klein
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.http import Request as HTTPRequest
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -33,7 +33,13 @@ from pluginserver.config import Settings
 from pluginserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pluginserver.metrics import Metrics
 from pluginserver.plugin import Headers, HTTPError, PluginRequest, RawJSON
-from pluginserver.registry import RESERVED_NAMES, LoadedPlugin, PluginRegistry, ReloadReport
+from pluginserver.registry import (
+    RESERVED_NAMES,
+    LoadedPlugin,
+    PluginRegistry,
+    ReloadOutcome,
+    ReloadReport,
+)
 from pluginserver.security import (
     WWW_AUTHENTICATE,
     SecurityPolicy,
@@ -42,7 +48,11 @@ from pluginserver.security import (
     preflight_headers,
 )
 
+if TYPE_CHECKING:
+    from pluginserver.site import PluginServerRequest
+
 log = Logger()
+
 
 def _make_encoder() -> Callable[[Any], str]:
     """
@@ -75,7 +85,9 @@ _encode = _make_encoder()
 _JSON = b"application/json"
 _FORM = b"application/x-www-form-urlencoded"
 _UTILITY_METHODS = frozenset({"GET", "HEAD", "POST"})
-_METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+_METHODS = {
+    m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 
 
 class Runtime(Protocol):
@@ -89,7 +101,7 @@ class Runtime(Protocol):
     @property
     def registry(self) -> PluginRegistry: ...
 
-    def reload_all(self) -> "defer.Deferred[Tuple[ReloadReport, Dict[str, str]]]":
+    def reload_all(self) -> defer.Deferred[tuple[ReloadReport, dict[str, str]]]:
         """
         Re-read the configuration (and TLS certificates) and reload every
         plugin.  Fires with the registry's report and the other failures by
@@ -98,7 +110,7 @@ class Runtime(Protocol):
         ...
 
 
-class BadRequest(Exception):
+class BadRequest(Exception):  # noqa: N818 - named after the 400 status it answers
     """
     The request cannot be turned into a L{PluginRequest}; answered 400.
     """
@@ -127,10 +139,10 @@ class _LazyHeaders(Headers):
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
-        self._decoded: Optional[Dict[str, str]] = None
+        self._decoded: dict[str, str] | None = None
 
-    @property  # type: ignore[override]
-    def _items(self) -> Dict[str, str]:
+    @property
+    def _items(self) -> dict[str, str]:  # type: ignore[override]  # computed, never assigned
         if self._decoded is None:
             self._decoded = {
                 name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
@@ -169,7 +181,7 @@ def read_body(request: HTTPRequest) -> bytes:
     return body
 
 
-def parse_arguments(request: HTTPRequest) -> Tuple[Dict[str, Any], Any, bytes]:
+def parse_arguments(request: HTTPRequest) -> tuple[dict[str, Any], Any, bytes]:
     """
     Merge the query string, form fields (urlencoded or multipart, as Twisted
     parsed them) and the top-level fields of a JSON object body into one
@@ -182,7 +194,7 @@ def parse_arguments(request: HTTPRequest) -> Tuple[Dict[str, Any], Any, bytes]:
         body = read_body(request)
         if not body:
             return {}, None, b""  # most GETs
-    args: Dict[str, Any] = {}
+    args: dict[str, Any] = {}
     multipart = bool(raw) and (request.getHeader(b"content-type") or b"").lower().startswith(
         b"multipart/"
     )
@@ -223,7 +235,7 @@ def parse_arguments(request: HTTPRequest) -> Tuple[Dict[str, Any], Any, bytes]:
     return args, document, body
 
 
-def request_path(request: HTTPRequest) -> Tuple[str, bytes]:
+def request_path(request: HTTPRequest) -> tuple[str, bytes]:
     """
     Split the request path into its first segment and the raw rest.
     """
@@ -247,15 +259,15 @@ class PluginServerResource(Resource):
         self,
         runtime: Runtime,
         reactor: Any,
-        threadpool: Optional[ThreadPool] = None,
-        metrics: Optional[Metrics] = None,
+        threadpool: ThreadPool | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._runtime = runtime
         self._reactor = reactor
         self._threadpool = threadpool
         self._metrics = metrics
-        self._utility: IResource = UtilityRoutes(runtime, metrics).app.resource()
+        self._utility: Resource = UtilityRoutes(runtime, metrics).app.resource()
         self._lookup = runtime.registry.get
         self.configure(runtime.settings)
 
@@ -266,16 +278,14 @@ class PluginServerResource(Resource):
         """
         self._policy = SecurityPolicy.from_settings(settings)
         # The key each plugin generation needs, worked out once per policy.
-        self._requiredKeys: Dict[LoadedPlugin, Optional[str]] = {}
+        self._requiredKeys: dict[LoadedPlugin, str | None] = {}
 
-    def render(self, request: HTTPRequest) -> Any:
+    def render(self, request: PluginServerRequest) -> Any:
         # The site's request has already set the headers every answer
         # carries (JSON content type, nosniff, no-store).  This is the path
         # of every request: each check costs only when it is configured.
         policy = self._policy
-        if policy.allowed_hosts is not None and not policy.host_allowed(
-            request.getHeader(b"host")
-        ):
+        if policy.allowed_hosts is not None and not policy.host_allowed(request.getHeader(b"host")):
             return self._answer(request, 400, error_body("host not allowed"))
         client = self._client(request, policy)
         if policy.access_allow is not None and not policy.address_allowed(client):
@@ -298,8 +308,8 @@ class PluginServerResource(Resource):
         return self._dispatch(request, loaded, rest, policy, client)
 
     def _cors(
-        self, request: HTTPRequest, policy: SecurityPolicy, loaded: Optional[LoadedPlugin]
-    ) -> Optional[bytes]:
+        self, request: HTTPRequest, policy: SecurityPolicy, loaded: LoadedPlugin | None
+    ) -> bytes | None:
         """
         Apply the CORS policy: add its headers, refuse an origin that is not
         allowed, and answer a preflight.  Returns the answer when there is
@@ -325,7 +335,7 @@ class PluginServerResource(Resource):
             return b""
         return None
 
-    def _utilityRoute(self, request: HTTPRequest, policy: SecurityPolicy, name: str) -> Any:
+    def _utilityRoute(self, request: PluginServerRequest, policy: SecurityPolicy, name: str) -> Any:
         # Klein finds its routes in postpath, which our Request leaves
         # empty: no plugin route needs it.
         request.postpath = [unquote_to_bytes(segment) for segment in request.path[1:].split(b"/")]
@@ -452,14 +462,12 @@ class PluginServerResource(Resource):
             return b""
         return body
 
-    def _wait(
-        self, request: HTTPRequest, loaded: LoadedPlugin, d: "defer.Deferred[Any]"
-    ) -> Any:
+    def _wait(self, request: HTTPRequest, loaded: LoadedPlugin, d: defer.Deferred[Any]) -> Any:
         """
         Answer when an asynchronous handler fires, or 504 when it runs past
         C{request_timeout}; a client that goes away cancels it.
         """
-        gone: List[bool] = []
+        gone: list[bool] = []
 
         def disconnected(reason: Failure) -> None:
             gone.append(True)
@@ -467,7 +475,7 @@ class PluginServerResource(Resource):
 
         request.notifyFinish().addErrback(disconnected)
         timeout = self._runtime.settings.request_timeout
-        timedOut: List[bool] = []
+        timedOut: list[bool] = []
 
         def onTimeout(result: Any, timeout: float) -> Any:
             timedOut.append(True)
@@ -484,8 +492,9 @@ class PluginServerResource(Resource):
         def failed(reason: Failure) -> None:
             if gone:
                 return
-            if reason.check(HTTPError):
-                body = self._answer(request, reason.value.status, error_body(reason.value.message))
+            error = reason.value
+            if isinstance(error, HTTPError):
+                body = self._answer(request, error.status, error_body(error.message))
             elif timedOut and reason.check(defer.CancelledError):
                 log.warn(
                     "Plugin {plugin} generation {generation} did not answer "
@@ -537,7 +546,7 @@ class UtilityRoutes:
 
     app = Klein()
 
-    def __init__(self, runtime: Runtime, metrics: Optional[Metrics] = None) -> None:
+    def __init__(self, runtime: Runtime, metrics: Metrics | None = None) -> None:
         self._runtime = runtime
         self._metrics = metrics
 
@@ -564,7 +573,9 @@ class UtilityRoutes:
 
     @app.route("/reload/all", methods=["GET", "POST"])
     @defer.inlineCallbacks
-    def reloadAll(self, request: Any) -> Iterator[Any]:
+    def reloadAll(self, request: Any) -> Generator[defer.Deferred[Any], Any, bytes]:
+        report: ReloadReport
+        otherFailures: dict[str, str]
         report, otherFailures = yield self._runtime.reload_all()
         failed = dict(report.failed)
         failed.update(otherFailures)
@@ -579,12 +590,12 @@ class UtilityRoutes:
 
     @app.route("/reload/<name>", methods=["GET", "POST"])
     @defer.inlineCallbacks
-    def reloadOne(self, request: Any, name: str) -> Iterator[Any]:
+    def reloadOne(self, request: Any, name: str) -> Generator[defer.Deferred[Any], Any, bytes]:
         try:
-            outcome = yield self._runtime.registry.reload(name)
+            outcome: ReloadOutcome = yield self._runtime.registry.reload(name)
         except KeyError:
             return _json(request, 404, {"error": f"no plugin named {name!r}"})
-        body: Dict[str, Any] = {
+        body: dict[str, Any] = {
             "reloaded": outcome.name,
             "success": outcome.success,
             "generation": outcome.generation,
@@ -600,7 +611,8 @@ class UtilityRoutes:
 
     @app.handle_errors(MethodNotAllowed)
     def notAllowed(self, request: Any, failure: Failure) -> bytes:
-        allowed = failure.value.valid_methods or []
+        # Klein calls this handler for MethodNotAllowed only.
+        allowed = cast(MethodNotAllowed, failure.value).valid_methods or []
         request.setHeader(b"allow", ", ".join(sorted(allowed)).encode("ascii"))
         return _json(request, 405, {"error": "method not allowed"})
 

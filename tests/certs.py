@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from typing import Tuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def make_certificate(directory: str, name: str = "server") -> Tuple[str, str, bytes]:
+def make_certificate(directory: str, name: str = "server") -> tuple[str, str, bytes]:
     """
     Write C{name}.key and C{name}.crt into C{directory}: a fresh key and a
     self-signed certificate with SAN localhost and 127.0.0.1.  Returns the
@@ -24,7 +23,7 @@ def make_certificate(directory: str, name: str = "server") -> Tuple[str, str, by
     """
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pluginserver test {name}")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -10,7 +10,8 @@ import json
 import os
 import textwrap
 import time
-from typing import Any, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import defer
@@ -49,7 +50,7 @@ class PluginDir:
     def registry(
         self,
         case: TestCase,
-        params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
         config: Any = None,
     ) -> PluginRegistry:
         """
@@ -89,7 +90,7 @@ class FakeRuntime:
     def __init__(self, registry: PluginRegistry, settings: Any) -> None:
         self.registry = registry
         self.settings = settings
-        self.failures: Dict[str, str] = {}
+        self.failures: dict[str, str] = {}
 
     def reload_all(self) -> Any:
         d = self.registry.reload_all()
@@ -104,7 +105,9 @@ def settings_for(directory: str, **changes: Any) -> Any:
 
     from pluginserver.config import Settings
 
-    base = Settings(path="test.ini", listen=(), listen_origin="[server] listen", plugins_dir=directory)
+    base = Settings(
+        path="test.ini", listen=(), listen_origin="[server] listen", plugins_dir=directory
+    )
     return attr.evolve(base, **changes)
 
 
@@ -133,7 +136,7 @@ class ServerCase(TestCase):
         self.clock = Clock()
 
     @defer.inlineCallbacks
-    def serve(self, params: Optional[Mapping[str, Mapping[str, Any]]] = None, **settings: Any) -> Any:
+    def serve(self, params: Mapping[str, Mapping[str, Any]] | None = None, **settings: Any) -> Any:
         """
         Load the plugins written so far and serve them with these settings.
         """

@@ -15,13 +15,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import treq
-from twisted.internet import defer, reactor, task
-from twisted.trial.unittest import TestCase
 from treq.client import HTTPClient
+from twisted.internet import defer, reactor, task
 from twisted.internet.ssl import Certificate
+from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 STARTUP_TIMEOUT = 20.0
@@ -50,7 +51,7 @@ def free_port() -> int:
         return port
 
 
-def sleep(seconds: float) -> "defer.Deferred[None]":
+def sleep(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
@@ -66,8 +67,8 @@ class Server:
         case: TestCase,
         ini: str = "",
         daemon: bool = False,
-        listen: Optional[str] = None,
-        trust: Optional[bytes] = None,
+        listen: str | None = None,
+        trust: bytes | None = None,
         server: str = "",
     ) -> None:
         self.case = case
@@ -83,7 +84,7 @@ class Server:
         self.listen = (listen or "tcp:{port}:interface=127.0.0.1").format(port=self.port)
         self.trust = trust
         self.server_keys = textwrap.dedent(server)
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.write_config(ini)
         case.addCleanup(self.kill)
 
@@ -100,8 +101,7 @@ class Server:
         """
         base = (
             f"[server]\nlisten = {self.listen}\n"
-            "shutdown_timeout = float:5\n" + self.server_keys +
-            "[paths]\nplugins = plugins\n"
+            "shutdown_timeout = float:5\n" + self.server_keys + "[paths]\nplugins = plugins\n"
         )
         with open(self.config, "w") as f:
             f.write(base + textwrap.dedent(ini))
@@ -113,18 +113,19 @@ class Server:
     def remove_plugin(self, name: str) -> None:
         os.remove(os.path.join(self.plugins, name + ".py"))
 
-    def command(self, *extra: str) -> List[str]:
+    def command(self, *extra: str) -> list[str]:
         if self.daemon:
             head = [twistd(), "--pidfile", self.pidfile, "--logfile", self.logfile]
         else:
             head = [twistd(), "-n", "--pidfile", self.pidfile]
-        return head + ["pluginserver", "--config", self.config, *extra]
+        return [*head, "pluginserver", "--config", self.config, *extra]
 
     def start_process(self, *extra: str) -> subprocess.Popen[bytes]:
         """
         Start twistd; do not wait for it to serve.
         """
-        out = open(self.logfile if not self.daemon else self.logfile + ".out", "ab")
+        # Closed by the test case's cleanup, after the process has gone.
+        out = open(self.logfile if not self.daemon else self.logfile + ".out", "ab")  # noqa: SIM115
         self.case.addCleanup(out.close)
         self.process = subprocess.Popen(
             self.command(*extra),
@@ -136,7 +137,7 @@ class Server:
         return self.process
 
     @defer.inlineCallbacks
-    def start(self, *extra: str, headers: Optional[Dict[str, str]] = None) -> Any:
+    def start(self, *extra: str, headers: dict[str, str] | None = None) -> Any:
         """
         Start twistd and wait until it answers C{/plugins} (with these
         headers, e.g. a key).
@@ -153,7 +154,9 @@ class Server:
             if self.process is not None and not self.daemon and self.process.poll() is not None:
                 raise AssertionError(f"twistd exited {self.process.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"twistd did not serve within {STARTUP_TIMEOUT} s:\n{self.log()}")
+                raise AssertionError(
+                    f"twistd did not serve within {STARTUP_TIMEOUT} s:\n{self.log()}"
+                )
             yield sleep(0.1)
 
     def pool(self) -> HTTPConnectionPool:
@@ -163,7 +166,7 @@ class Server:
 
     @defer.inlineCallbacks
     def request(
-        self, method: str, path: str, headers: Optional[Dict[str, str]] = None, **kwargs: Any
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
     ) -> Any:
         """
         Fire with (status, decoded JSON body or None).
@@ -247,12 +250,18 @@ class Server:
         return "".join(text)
 
 
-def run_twistd(args: Sequence[str], cwd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_twistd(
+    args: Sequence[str], cwd: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     """
     Run a twistd command to completion (for start-up failures).
     """
     return subprocess.run(
-        [twistd(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [twistd(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 
@@ -261,5 +270,3 @@ def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from io import BytesIO
 
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -105,5 +104,3 @@ class ArgumentPropertyTests(SynchronousTestCase):
         request = received(b"GET", b"/p?a=1&a=2&b=", b"", b"")
         args, _, _ = parse_arguments(request)
         self.assertEqual(args, {"a": "2", "b": ""})
-
-

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from ipaddress import ip_network
-from typing import Any, Mapping, Optional
+from typing import Any
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st
-
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pluginserver.config import (
@@ -21,7 +23,6 @@ from pluginserver.config import (
     parse_value,
     resolve_endpoint_paths,
 )
-
 
 TRUE_WORDS = ["true", "yes", "on", "1", "enable", "enabled"]
 FALSE_WORDS = ["false", "no", "off", "0", "disable", "disabled"]
@@ -106,19 +107,13 @@ class ConfigTestCase(SynchronousTestCase):
             f.write(text)
         return path
 
-    def load(
-        self, text: str, environ: Optional[Mapping[str, str]] = None
-    ) -> Settings:
+    def load(self, text: str, environ: Mapping[str, str] | None = None) -> Settings:
         """
         Load C{text} as a config file with a controlled environment.
         """
-        return load_settings(
-            self.write(text), {} if environ is None else environ
-        )
+        return load_settings(self.write(text), {} if environ is None else environ)
 
-    def loadError(
-        self, text: str, environ: Optional[Mapping[str, str]] = None
-    ) -> ConfigError:
+    def loadError(self, text: str, environ: Mapping[str, str] | None = None) -> ConfigError:
         """
         Load C{text}, which must fail; the error must name the file.
         """
@@ -130,9 +125,7 @@ class ConfigTestCase(SynchronousTestCase):
         self.assertEqual(error.path, path)
         return error
 
-    def assertErrorAt(
-        self, error: ConfigError, section: Optional[str], key: Optional[str]
-    ) -> None:
+    def assertErrorAt(self, error: ConfigError, section: str | None, key: str | None) -> None:
         self.assertEqual((error.section, error.key), (section, key), str(error))
 
     def inDir(self, *parts: str) -> str:
@@ -142,9 +135,7 @@ class ConfigTestCase(SynchronousTestCase):
 class ConfigErrorTests(SynchronousTestCase):
     def test_strFull(self) -> None:
         error = ConfigError("/etc/ps.ini", "server", "max_body", "expected x")
-        self.assertEqual(
-            str(error), "/etc/ps.ini: [server] max_body: expected x"
-        )
+        self.assertEqual(str(error), "/etc/ps.ini: [server] max_body: expected x")
         self.assertEqual(
             (error.path, error.section, error.key, error.message),
             ("/etc/ps.ini", "server", "max_body", "expected x"),
@@ -220,9 +211,7 @@ class ParseValueTests(SynchronousTestCase):
     )
     def test_boolRoundTrip(self, case: Any) -> None:
         word, upper = case
-        mixed = "".join(
-            c.upper() if u else c for c, u in zip(word, upper, strict=True)
-        )
+        mixed = "".join(c.upper() if u else c for c, u in zip(word, upper, strict=True))
         self.assertIs(parse_value(f"bool:{mixed}"), word in TRUE_WORDS)
 
 
@@ -266,21 +255,16 @@ class FileTests(ConfigTestCase):
 
     def test_wholeLineCommentsOnly(self) -> None:
         settings = self.load(
-            "# comment\n; comment\n"
-            "[extra]\nurl = http://x/#frag ; not a comment\n"
+            "# comment\n; comment\n[extra]\nurl = http://x/#frag ; not a comment\n"
         )
-        self.assertEqual(
-            settings.sections["extra"]["url"], "http://x/#frag ; not a comment"
-        )
+        self.assertEqual(settings.sections["extra"]["url"], "http://x/#frag ; not a comment")
 
     def test_inlineCommentIsPartOfValue(self) -> None:
         error = self.loadError("[server]\nmax_body = 10 ; bytes\n")
         self.assertErrorAt(error, "server", "max_body")
 
     def test_keysAreCaseInsensitive(self) -> None:
-        self.assertEqual(
-            self.load("[server]\nMax_Body = int:10\n").max_body, 10
-        )
+        self.assertEqual(self.load("[server]\nMax_Body = int:10\n").max_body, 10)
 
     def test_multiLineValue(self) -> None:
         settings = self.load("[extra]\nitems = list:a\n  b\n  int:3\n")
@@ -301,13 +285,9 @@ class FileTests(ConfigTestCase):
         )
 
     def test_unknownSectionsAndKeysAreKeptTyped(self) -> None:
-        settings = self.load(
-            "[server]\ncolour = blue\n[mine]\nlimit = int:5\nnames = list:a b\n"
-        )
+        settings = self.load("[server]\ncolour = blue\n[mine]\nlimit = int:5\nnames = list:a b\n")
         self.assertEqual(settings.sections["server"]["colour"], "blue")
-        self.assertEqual(
-            dict(settings.sections["mine"]), {"limit": 5, "names": ["a", "b"]}
-        )
+        self.assertEqual(dict(settings.sections["mine"]), {"limit": 5, "names": ["a", "b"]})
 
     def test_badValueInUnknownSection(self) -> None:
         error = self.loadError("[mine]\nlimit = int:abc\n")
@@ -330,8 +310,7 @@ class FileTests(ConfigTestCase):
 
     def test_reprHidesKeys(self) -> None:
         settings = self.load(
-            "[auth]\napikey = topsecret\n"
-            "[plugin_parms]\np = auth=plugin&apikey=hidden\n"
+            "[auth]\napikey = topsecret\n[plugin_parms]\np = auth=plugin&apikey=hidden\n"
         )
         self.assertEqual(settings.apikey, "topsecret")
         self.assertNotIn("topsecret", repr(settings))
@@ -356,9 +335,7 @@ class FileTests(ConfigTestCase):
 
 class InterpolationTests(ConfigTestCase):
     def test_sectionReference(self) -> None:
-        settings = self.load(
-            "[a]\nx = int:${b:y}\n[b]\ny = 4${c:z}\n[c]\nz = 2\n"
-        )
+        settings = self.load("[a]\nx = int:${b:y}\n[b]\ny = 4${c:z}\n[c]\nz = 2\n")
         self.assertEqual(settings.sections["a"]["x"], 42)
 
     def test_sameSectionReference(self) -> None:
@@ -374,9 +351,7 @@ class InterpolationTests(ConfigTestCase):
         self.assertEqual(settings.sections["b"]["x"], "v")
 
     def test_interpolationBeforeConversion(self) -> None:
-        settings = self.load(
-            "[server]\nmax_body = int:${ENV:MB}\n", {"MB": "77"}
-        )
+        settings = self.load("[server]\nmax_body = int:${ENV:MB}\n", {"MB": "77"})
         self.assertEqual(settings.max_body, 77)
 
     def test_environment(self) -> None:
@@ -386,9 +361,7 @@ class InterpolationTests(ConfigTestCase):
     def test_environmentDefaultsToOsEnviron(self) -> None:
         os.environ["PS_TEST_CONFIG_VAR"] = "from-os"
         self.addCleanup(os.environ.pop, "PS_TEST_CONFIG_VAR")
-        settings = load_settings(
-            self.write("[a]\nx = ${ENV:PS_TEST_CONFIG_VAR}\n")
-        )
+        settings = load_settings(self.write("[a]\nx = ${ENV:PS_TEST_CONFIG_VAR}\n"))
         self.assertEqual(settings.sections["a"]["x"], "from-os")
 
     def test_environmentMissing(self) -> None:
@@ -402,9 +375,7 @@ class InterpolationTests(ConfigTestCase):
         self.assertEqual(self.load(text, {"THREADS": "8"}).threads, 8)
 
     def test_environmentEmptyDefault(self) -> None:
-        self.assertIsNone(
-            self.load("[auth]\napikey = ${ENV:PS_APIKEY:-}\n").apikey
-        )
+        self.assertIsNone(self.load("[auth]\napikey = ${ENV:PS_APIKEY:-}\n").apikey)
 
     def test_environmentSetButEmptyIsUsed(self) -> None:
         settings = self.load("[a]\nx = <${ENV:E:-d}>\n", {"E": ""})
@@ -465,10 +436,7 @@ class ServerTests(ConfigTestCase):
         self.assertIsNone(settings.apikey)
         self.assertFalse(settings.allow_query_key)
         self.assertEqual(
-            {
-                name: dict(params)
-                for name, params in settings.plugin_params.items()
-            },
+            {name: dict(params) for name, params in settings.plugin_params.items()},
             {
                 "systeminfo": {"auth": "global", "interval": 1.0},
                 "secret": {"auth": "plugin", "apikey": "s3cret"},
@@ -476,9 +444,7 @@ class ServerTests(ConfigTestCase):
             },
         )
         self.assertTrue(settings.cors_enabled)
-        self.assertEqual(
-            settings.cors_origins, ("https://a.example", "https://b.example")
-        )
+        self.assertEqual(settings.cors_origins, ("https://a.example", "https://b.example"))
         self.assertEqual(
             settings.access_allow,
             (
@@ -537,14 +503,10 @@ class ServerTests(ConfigTestCase):
             self.assertErrorAt(error, "server", key)
         error = self.loadError("[server]\nshutdown_timeout = float:inf\n")
         self.assertErrorAt(error, "server", "shutdown_timeout")
-        self.assertEqual(
-            self.load("[server]\nshutdown_timeout = 0\n").shutdown_timeout, 0.0
-        )
+        self.assertEqual(self.load("[server]\nshutdown_timeout = 0\n").shutdown_timeout, 0.0)
 
     def test_logFormat(self) -> None:
-        self.assertEqual(
-            self.load("[server]\nlog_format = JSON\n").log_format, "json"
-        )
+        self.assertEqual(self.load("[server]\nlog_format = JSON\n").log_format, "json")
         error = self.loadError("[server]\nlog_format = xml\n")
         self.assertErrorAt(error, "server", "log_format")
         self.assertIn("expected text or json, found 'xml'", str(error))
@@ -564,32 +526,24 @@ class ServerTests(ConfigTestCase):
         self.assertIn("expected a boolean", str(error))
 
     def test_allowedHostsEmpty(self) -> None:
-        self.assertIsNone(
-            self.load("[server]\nallowed_hosts = list:\n").allowed_hosts
-        )
+        self.assertIsNone(self.load("[server]\nallowed_hosts = list:\n").allowed_hosts)
 
     def test_pluginsDir(self) -> None:
         self.assertEqual(
             self.load("[paths]\nplugins = ../p\n").plugins_dir,
             os.path.join(os.path.dirname(self.dir), "p"),
         )
-        self.assertEqual(
-            self.load("[paths]\nplugins = /opt/p\n").plugins_dir, "/opt/p"
-        )
+        self.assertEqual(self.load("[paths]\nplugins = /opt/p\n").plugins_dir, "/opt/p")
         self.assertEqual(
             self.load("[paths]\nplugins = ~/p\n").plugins_dir,
             os.path.expanduser("~/p"),
         )
-        self.assertEqual(
-            self.load("[paths]\nplugins =\n").plugins_dir, self.inDir("plugins")
-        )
+        self.assertEqual(self.load("[paths]\nplugins =\n").plugins_dir, self.inDir("plugins"))
 
 
 class ListenTests(ConfigTestCase):
     def test_listenWithListPrefix(self) -> None:
-        settings = self.load(
-            "[server]\nlisten = list:tcp:1:interface=127.0.0.1 unix:ps.sock\n"
-        )
+        settings = self.load("[server]\nlisten = list:tcp:1:interface=127.0.0.1 unix:ps.sock\n")
         self.assertEqual(
             settings.listen,
             ("tcp:1:interface=127.0.0.1", "unix:" + self.inDir("ps.sock")),
@@ -615,9 +569,7 @@ class ListenTests(ConfigTestCase):
             self.assertIn("expected an integer from 1 to 65535", str(error))
 
     def test_ssl(self) -> None:
-        settings = self.load(
-            OLD_SERVER_STYLE.replace("&json=systeminfo.json", "")
-        )
+        settings = self.load(OLD_SERVER_STYLE.replace("&json=systeminfo.json", ""))
         self.assertEqual(
             settings.listen,
             (
@@ -627,34 +579,27 @@ class ListenTests(ConfigTestCase):
             ),
         )
         self.assertEqual(settings.listen_origin, "[SSL] keyfile")
-        self.assertEqual(
-            settings.sections["SSL"]["keyfile"], self.inDir("ssl", "server.key")
-        )
+        self.assertEqual(settings.sections["SSL"]["keyfile"], self.inDir("ssl", "server.key"))
 
     def test_sslDisabled(self) -> None:
         settings = self.load(
-            "[network]\nport = int:9000\n"
-            "[SSL]\nenabled = bool:false\nkeyfile = k\n"
+            "[network]\nport = int:9000\n[SSL]\nenabled = bool:false\nkeyfile = k\n"
         )
         self.assertEqual(settings.listen, ("tcp:9000:interface=127.0.0.1",))
 
     def test_sslMissingKeyfile(self) -> None:
         error = self.loadError(
-            "[network]\nport = int:9000\n"
-            "[SSL]\nenabled = bool:true\ncertfile = c\n"
+            "[network]\nport = int:9000\n[SSL]\nenabled = bool:true\ncertfile = c\n"
         )
         self.assertErrorAt(error, "SSL", "keyfile")
 
     def test_sslMissingCertfile(self) -> None:
-        error = self.loadError(
-            "[SSL]\nenabled = yes\nkeyfile = k\ncertfile =\n"
-        )
+        error = self.loadError("[SSL]\nenabled = yes\nkeyfile = k\ncertfile =\n")
         self.assertErrorAt(error, "SSL", "certfile")
 
     def test_listenWins(self) -> None:
         settings = self.load(
-            "[server]\nlisten = tcp:1\n[network]\nport = int:9000\n"
-            "[SSL]\nenabled = bool:true\n"
+            "[server]\nlisten = tcp:1\n[network]\nport = int:9000\n[SSL]\nenabled = bool:true\n"
         )
         self.assertEqual(settings.listen, ("tcp:1",))
         self.assertEqual(settings.listen_origin, "[server] listen")
@@ -679,15 +624,11 @@ class ResolveEndpointPathsTests(SynchronousTestCase):
 
     def test_absoluteUntouched(self) -> None:
         description = "ssl:443:privateKey=/k.pem:interface=\\:\\:1"
-        self.assertEqual(
-            resolve_endpoint_paths(description, "/etc"), description
-        )
+        self.assertEqual(resolve_endpoint_paths(description, "/etc"), description)
 
     def test_escapesKept(self) -> None:
         self.assertEqual(
-            resolve_endpoint_paths(
-                "ssl:443:interface=\\:\\:1:privateKey=a\\:b", "/etc"
-            ),
+            resolve_endpoint_paths("ssl:443:interface=\\:\\:1:privateKey=a\\:b", "/etc"),
             "ssl:443:interface=\\:\\:1:privateKey=/etc/a\\:b",
         )
 
@@ -700,8 +641,7 @@ class ResolveEndpointPathsTests(SynchronousTestCase):
     def test_tilde(self) -> None:
         self.assertEqual(
             resolve_endpoint_paths("ssl:443:privateKey=~/k", "/etc"),
-            "ssl:443:privateKey="
-            + os.path.expanduser("~/k").replace(":", "\\:"),
+            "ssl:443:privateKey=" + os.path.expanduser("~/k").replace(":", "\\:"),
         )
 
     def test_unix(self) -> None:
@@ -713,26 +653,18 @@ class ResolveEndpointPathsTests(SynchronousTestCase):
             resolve_endpoint_paths("UNIX:address=ps.sock:lockfile=1", "/srv"),
             "UNIX:address=/srv/ps.sock:lockfile=1",
         )
-        self.assertEqual(
-            resolve_endpoint_paths("unix:/run/ps", "/srv"), "unix:/run/ps"
-        )
-        self.assertEqual(
-            resolve_endpoint_paths("unix:@abstract", "/srv"), "unix:@abstract"
-        )
+        self.assertEqual(resolve_endpoint_paths("unix:/run/ps", "/srv"), "unix:/run/ps")
+        self.assertEqual(resolve_endpoint_paths("unix:@abstract", "/srv"), "unix:@abstract")
 
     def test_unixPathWithEquals(self) -> None:
-        self.assertEqual(
-            resolve_endpoint_paths("unix:a\\=b", "/srv"), "unix:/srv/a\\=b"
-        )
+        self.assertEqual(resolve_endpoint_paths("unix:a\\=b", "/srv"), "unix:/srv/a\\=b")
 
     def test_otherEndpointsUntouched(self) -> None:
         for description in [
             "tcp:8080:interface=127.0.0.1",
             "systemd:domain=INET:index=0",
         ]:
-            self.assertEqual(
-                resolve_endpoint_paths(description, "/srv"), description
-            )
+            self.assertEqual(resolve_endpoint_paths(description, "/srv"), description)
 
 
 class PluginParamsTests(ConfigTestCase):
@@ -740,9 +672,7 @@ class PluginParamsTests(ConfigTestCase):
         return dict(settings.plugin_params[name])
 
     def test_typedValues(self) -> None:
-        settings = self.load(
-            "[plugin_parms]\np = a=int:1&b=list:x int:2&c=&d=plain%20text\n"
-        )
+        settings = self.load("[plugin_parms]\np = a=int:1&b=list:x int:2&c=&d=plain%20text\n")
         self.assertEqual(
             self.params(settings, "p"),
             {"a": 1, "b": ["x", 2], "c": "", "d": "plain text"},
@@ -785,9 +715,7 @@ class PluginParamsTests(ConfigTestCase):
             json.dumps({"auth": "global", "interval": 5, "nested": {"x": [1]}}),
             name="plugins/p.json",
         )
-        settings = self.load(
-            "[plugin_parms]\np = json=p.json&interval=float:1\n"
-        )
+        settings = self.load("[plugin_parms]\np = json=p.json&interval=float:1\n")
         self.assertEqual(
             self.params(settings, "p"),
             {"auth": "global", "interval": 1.0, "nested": {"x": [1]}},
@@ -827,9 +755,7 @@ class PluginParamsTests(ConfigTestCase):
         )
         self.assertTrue(settings.cors_enabled)
         self.assertEqual(settings.cors_origins, ("https://dash.example.org",))
-        self.assertTrue(
-            settings.listen[0].startswith("ssl:8443:interface=0.0.0.0:")
-        )
+        self.assertTrue(settings.listen[0].startswith("ssl:8443:interface=0.0.0.0:"))
 
     def test_sectionsKeepRawQueryStrings(self) -> None:
         settings = self.load("[plugin_parms]\np = a=int:1\n")
@@ -839,17 +765,11 @@ class PluginParamsTests(ConfigTestCase):
 class CorsAndAccessTests(ConfigTestCase):
     def test_anyOrigin(self) -> None:
         settings = self.load("[cors]\nenabled = true\norigin_url = *\n")
-        self.assertEqual(
-            (settings.cors_enabled, settings.cors_origins), (True, ("*",))
-        )
+        self.assertEqual((settings.cors_enabled, settings.cors_origins), (True, ("*",)))
 
     def test_originsNormalised(self) -> None:
-        settings = self.load(
-            "[cors]\norigin_url = HTTPS://A.Example:8443/ http://[::1]:80\n"
-        )
-        self.assertEqual(
-            settings.cors_origins, ("https://a.example:8443", "http://[::1]:80")
-        )
+        settings = self.load("[cors]\norigin_url = HTTPS://A.Example:8443/ http://[::1]:80\n")
+        self.assertEqual(settings.cors_origins, ("https://a.example:8443", "http://[::1]:80"))
 
     def test_badOrigin(self) -> None:
         for origin in (
@@ -863,9 +783,7 @@ class CorsAndAccessTests(ConfigTestCase):
             self.assertIn("expected * or scheme://host[:port]", str(error))
 
     def test_starWithOthers(self) -> None:
-        error = self.loadError(
-            "[cors]\norigin_url = list:* https://a.example\n"
-        )
+        error = self.loadError("[cors]\norigin_url = list:* https://a.example\n")
         self.assertErrorAt(error, "cors", "origin_url")
 
     def test_corsEnabledInvalid(self) -> None:
@@ -874,8 +792,7 @@ class CorsAndAccessTests(ConfigTestCase):
 
     def test_access(self) -> None:
         settings = self.load(
-            "[access]\nallow = 192.168.1.7/24\n  2001:db8::/32\n"
-            "trusted_proxies = ::1\n"
+            "[access]\nallow = 192.168.1.7/24\n  2001:db8::/32\ntrusted_proxies = ::1\n"
         )
         self.assertEqual(
             settings.access_allow,
@@ -889,9 +806,7 @@ class CorsAndAccessTests(ConfigTestCase):
 
     def test_badCIDR(self) -> None:
         for key in ("allow", "trusted_proxies"):
-            error = self.loadError(
-                f"[access]\n{key} = list:10.0.0.0/8 10.0.0.300\n"
-            )
+            error = self.loadError(f"[access]\n{key} = list:10.0.0.0/8 10.0.0.300\n")
             self.assertErrorAt(error, "access", key)
             self.assertIn("found '10.0.0.300'", str(error))
 

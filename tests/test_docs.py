@@ -222,7 +222,9 @@ def parse_curl(command: str) -> Curl:
     return Curl(method, path, headers, body, show_headers)
 
 
-def expected_answer(output: list[str], show_headers: bool) -> tuple[int | None, list[tuple[str, str]], str]:
+def expected_answer(
+    output: list[str], show_headers: bool
+) -> tuple[int | None, list[tuple[str, str]], str]:
     """
     The status (when shown), the headers shown (but C{Date}) and the body of
     what the doc shows curl printing.
@@ -342,9 +344,7 @@ class PluginGuideTests(ServerCase):
         for name in self.plugins:
             if name.startswith("_"):
                 self.assertNotIn(name, routes)
-        self.assertEqual(
-            len(routes), len([n for n in self.plugins if not n.startswith("_")])
-        )
+        self.assertEqual(len(routes), len([n for n in self.plugins if not n.startswith("_")]))
 
     @defer.inlineCallbacks
     def test_curlExamplesAnswerAsShown(self) -> Any:
@@ -520,7 +520,11 @@ class ConfigurationReferenceTests(SynchronousTestCase):
     def example(self, where: tuple[str, str]) -> Block:
         section, key = where
         for block in self.found:
-            if block.lang == "ini" and block.h3 == f"`{key}`" and f"`[{section}]`" in (block.h2 or ""):
+            if (
+                block.lang == "ini"
+                and block.h3 == f"`{key}`"
+                and f"`[{section}]`" in (block.h2 or "")
+            ):
                 return block
         self.fail(f"no ini example under [{section}] {key}")
 

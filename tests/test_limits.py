@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any, List
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
@@ -55,7 +55,7 @@ def exchange(port: int, data: bytes, timeout: float = 5.0, pause: float = 0.0) -
         while time.monotonic() < deadline:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             except ConnectionResetError:
                 break
@@ -107,7 +107,7 @@ class LimitTests(TestCase):
         self.assertEqual(status_of(response), 413)
         self.assertNotIn(b"100 Continue", response)
         # A body within the limit is fine.
-        status, body = yield server.request("POST", "/hello", json={"name": "x" * 900})
+        status, _body = yield server.request("POST", "/hello", json={"name": "x" * 900})
         self.assertEqual(status, 200)
         yield self.assertStillServing(server)
 
@@ -177,7 +177,7 @@ class LimitTests(TestCase):
                         if not chunk:
                             break
                         received += chunk
-                    except socket.timeout:
+                    except TimeoutError:
                         pass
             return received, time.monotonic() - started
 
@@ -190,7 +190,7 @@ class LimitTests(TestCase):
     def test_idleConnectionsCloseAndManyIdleDoNotBlockOthers(self) -> Any:
         server = yield self.serve("idle_timeout = float:1\n")
 
-        idle: List[socket.socket] = []
+        idle: list[socket.socket] = []
         try:
             for _ in range(500):
                 idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
@@ -262,15 +262,15 @@ class UnderLoadTests(TestCase):
         Several keep-alive clients hammer a plugin while it and the whole
         directory are reloaded over and over: every request gets a 200.
         """
-        from twisted.web.client import HTTPConnectionPool
         import treq
+        from twisted.web.client import HTTPConnectionPool
 
         server = Server(self)
         server.write_plugin("hello", HELLO)
         yield server.start()
-        statuses: List[int] = []
-        failures: List[str] = []
-        stop: List[bool] = []
+        statuses: list[int] = []
+        failures: list[str] = []
+        stop: list[bool] = []
 
         @defer.inlineCallbacks
         def client() -> Any:

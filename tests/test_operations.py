@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from typing import Any, Dict
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
@@ -36,11 +36,11 @@ class Broken(Plugin):
 KEY = "ops-k3y-secret"
 
 
-def samples(text: str) -> Dict[Any, float]:
+def samples(text: str) -> dict[Any, float]:
     """
     Every sample of a Prometheus text exposition, by (name, sorted labels).
     """
-    found: Dict[Any, float] = {}
+    found: dict[Any, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
@@ -80,27 +80,48 @@ class MetricsTests(TestCase):
         self.assertEqual(status, 200)
         self.assertTrue(contentType[0].startswith("text/plain; version=0.0.4"))
         found = samples(text)
-        self.assertEqual(found["pluginserver_requests_total", (("route", "hello"), ("status", "200"))], 3)
-        self.assertEqual(found["pluginserver_requests_total", (("route", "broken"), ("status", "500"))], 1)
-        self.assertEqual(found["pluginserver_requests_total", (("route", "other"), ("status", "404"))], 1)
-        self.assertEqual(found["pluginserver_request_duration_seconds_count", (("route", "hello"),)], 3)
         self.assertEqual(
-            found["pluginserver_request_duration_seconds_bucket", (("le", "+Inf"), ("route", "hello"))], 3
+            found["pluginserver_requests_total", (("route", "hello"), ("status", "200"))], 3
         )
-        self.assertGreater(found["pluginserver_request_duration_seconds_sum", (("route", "hello"),)], 0)
+        self.assertEqual(
+            found["pluginserver_requests_total", (("route", "broken"), ("status", "500"))], 1
+        )
+        self.assertEqual(
+            found["pluginserver_requests_total", (("route", "other"), ("status", "404"))], 1
+        )
+        self.assertEqual(
+            found["pluginserver_request_duration_seconds_count", (("route", "hello"),)], 3
+        )
+        self.assertEqual(
+            found[
+                "pluginserver_request_duration_seconds_bucket", (("le", "+Inf"), ("route", "hello"))
+            ],
+            3,
+        )
+        self.assertGreater(
+            found["pluginserver_request_duration_seconds_sum", (("route", "hello"),)], 0
+        )
         self.assertEqual(found["pluginserver_plugin_errors_total", (("plugin", "broken"),)], 1)
         self.assertEqual(
-            found["pluginserver_plugin_reloads_total", (("plugin", "hello"), ("result", "success"))], 2
+            found[
+                "pluginserver_plugin_reloads_total", (("plugin", "hello"), ("result", "success"))
+            ],
+            2,
         )
         self.assertEqual(
-            found["pluginserver_plugin_reloads_total", (("plugin", "hello"), ("result", "failure"))], 1
+            found[
+                "pluginserver_plugin_reloads_total", (("plugin", "hello"), ("result", "failure"))
+            ],
+            1,
         )
         self.assertEqual(found["pluginserver_plugin_generation", (("plugin", "hello"),)], 2)
         self.assertGreater(found["process_resident_memory_bytes", ()], 0)
 
     @defer.inlineCallbacks
     def test_metricsCanBePublic(self) -> Any:
-        server = Server(self, server="metrics_public = bool:true\n", ini=f"[auth]\napikey = {KEY}\n")
+        server = Server(
+            self, server="metrics_public = bool:true\n", ini=f"[auth]\napikey = {KEY}\n"
+        )
         server.write_plugin("hello", HELLO)
         yield server.start(headers={"X-API-Key": KEY})
         status, _, text = yield self.scrape(server)
@@ -143,8 +164,10 @@ class LogTests(TestCase):
         yield sleep(0.3)
         yield server.get("/hello?name=after", headers={"X-API-Key": KEY})
         for _ in range(60):
-            if os.path.exists(path) and "name=after" in open(path).read():
-                break
+            if os.path.exists(path):
+                with open(path) as f:
+                    if "name=after" in f.read():
+                        break
             yield sleep(0.1)
         with open(path) as f:
             self.assertIn("name=after", f.read())
@@ -194,7 +217,8 @@ class CheckTests(TestCase):
         result = run_twistd(["pluginserver", "--config", server.config, "--check"], server.dir)
         self.assertEqual(result.returncode, 1)
         self.assertIn(
-            "plugin bad: FAILED: ModuleNotFoundError: No module named 'no_such_module' (bad.py, line 2)",
+            "plugin bad: FAILED: ModuleNotFoundError: No module named 'no_such_module' "
+            "(bad.py, line 2)",
             result.stdout,
         )
         self.assertIn("1 problem(s)", result.stdout)

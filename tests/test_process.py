@@ -61,7 +61,9 @@ class ProcessTests(TestCase):
         # Edit and reload one plugin.
         server.write_plugin("marker", MARKER + "\nVERSION = 2\n")
         status, body = yield server.request("POST", "/reload/marker")
-        self.assertEqual((status, body), (200, {"reloaded": "marker", "success": True, "generation": 2}))
+        self.assertEqual(
+            (status, body), (200, {"reloaded": "marker", "success": True, "generation": 2})
+        )
         status, body = yield server.get("/marker")
         self.assertEqual(body, {"version": 2, "param": None})
 

@@ -5,7 +5,7 @@ generations and the plugins' start/stop lifecycle.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any
 
 from twisted.internet import defer
 from twisted.python import components
@@ -13,7 +13,6 @@ from twisted.trial.unittest import TestCase
 
 from pluginserver.plugin import PluginRequest
 from pluginserver.registry import PluginRegistry
-
 from tests.helpers import PluginDir, plugin_source
 
 GET = PluginRequest(method="GET")
@@ -301,7 +300,7 @@ class P(Plugin):
 class LifecycleTests(TestCase):
     def setUp(self) -> None:
         self.dir = PluginDir(self)
-        self.record: Dict[str, List[Any]] = {"started": [], "stopped": [], "loops": []}
+        self.record: dict[str, list[Any]] = {"started": [], "stopped": [], "loops": []}
 
     def write(self, version: int) -> None:
         self.dir.write("life", LIFECYCLE + f"\nVERSION = {version}\n")
@@ -427,9 +426,7 @@ class LeakTests(TestCase):
                 "threads": threading.active_count(),
                 "fds": len(os.listdir("/proc/self/fd")),
                 "modules": len([m for m in sys.modules if m.startswith(package)]),
-                "instances": len(
-                    [o for o in gc.get_objects() if type(o).__name__ == "Leaky"]
-                ),
+                "instances": len([o for o in gc.get_objects() if type(o).__name__ == "Leaky"]),
             }
 
         before = census()

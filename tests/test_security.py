@@ -14,7 +14,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pluginserver import security
 from pluginserver.security import SecurityPolicy, keys_match
-
 from tests.helpers import ServerCase, plugin_source
 
 KEY = "s3cret-global"
@@ -55,7 +54,7 @@ class KeyTests(ServerCase):
             dict(json={"apikey": KEY, "x": "1"}),
             dict(
                 data=(
-                    b"--B\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\n"
+                    b'--B\r\nContent-Disposition: form-data; name="apikey"\r\n\r\n'
                     + KEY.encode()
                     + b"\r\n--B--\r\n"
                 ),
@@ -119,7 +118,9 @@ class KeyTests(ServerCase):
 
 class ComparisonTests(SynchronousTestCase):
     def test_keysAreComparedInConstantTime(self) -> None:
-        with mock.patch.object(security.hmac, "compare_digest", wraps=security.hmac.compare_digest) as spy:
+        with mock.patch.object(
+            security.hmac, "compare_digest", wraps=security.hmac.compare_digest
+        ) as spy:
             self.assertTrue(keys_match("abc", "abc"))
             self.assertFalse(keys_match("abd", "abc"))
             self.assertFalse(keys_match(None, "abc"))
@@ -133,7 +134,9 @@ class CORSTests(ServerCase):
         yield self.serve(cors_enabled=True, cors_origins=("https://a.example",))
         status, headers, _ = yield self.call("GET", "/p", headers={"Origin": "https://a.example"})
         self.assertEqual(status, 200)
-        self.assertEqual(headers.getRawHeaders("access-control-allow-origin"), ["https://a.example"])
+        self.assertEqual(
+            headers.getRawHeaders("access-control-allow-origin"), ["https://a.example"]
+        )
         self.assertEqual(headers.getRawHeaders("vary"), ["Origin"])
         self.assertEqual(headers.getRawHeaders("access-control-allow-credentials"), ["true"])
 
@@ -141,7 +144,9 @@ class CORSTests(ServerCase):
     def test_otherOriginIsRefused(self) -> Any:
         self.dir.write("p", ARGS)
         yield self.serve(cors_enabled=True, cors_origins=("https://a.example",))
-        status, headers, body = yield self.call("GET", "/p", headers={"Origin": "https://evil.example"})
+        status, headers, body = yield self.call(
+            "GET", "/p", headers={"Origin": "https://evil.example"}
+        )
         self.assertEqual((status, body), (403, {"error": "origin not allowed"}))
         self.assertIsNone(headers.getRawHeaders("access-control-allow-origin"))
 
@@ -174,7 +179,9 @@ class CORSTests(ServerCase):
             ["Authorization, Content-Type, X-API-Key, X-Custom-Auth"],
         )
         self.assertTrue(headers.getRawHeaders("access-control-max-age"))
-        self.assertEqual(headers.getRawHeaders("access-control-allow-origin"), ["https://a.example"])
+        self.assertEqual(
+            headers.getRawHeaders("access-control-allow-origin"), ["https://a.example"]
+        )
         # The real request still needs the key.
         status, _, _ = yield self.call("PUT", "/p", headers={"Origin": "https://a.example"})
         self.assertEqual(status, 401)
@@ -209,9 +216,7 @@ class AddressAndHostTests(ServerCase):
     @defer.inlineCallbacks
     def test_forwardedForFromATrustedProxy(self) -> Any:
         self.dir.write("p", plugin_source("request.client"))
-        yield self.serve(
-            access_allow=nets("10.0.0.0/8"), trusted_proxies=nets("127.0.0.1")
-        )
+        yield self.serve(access_allow=nets("10.0.0.0/8"), trusted_proxies=nets("127.0.0.1"))
         status, _, body = yield self.call(
             "GET", "/p", headers={"X-Forwarded-For": "192.0.2.9, 10.1.2.3"}
         )

@@ -22,8 +22,8 @@ from collections import namedtuple
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet import defer
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

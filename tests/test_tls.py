@@ -11,7 +11,8 @@ import shutil
 import signal
 import socket
 import ssl
-from typing import Any, Optional
+import warnings
+from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -30,7 +31,7 @@ class Hello(Plugin):
 TLS_LISTEN = "ssl:{port}:interface=127.0.0.1:privateKey=server.key:certKey=server.crt"
 
 
-def handshake(port: int, maximum: Optional[ssl.TLSVersion] = None) -> bytes:
+def handshake(port: int, maximum: ssl.TLSVersion | None = None) -> bytes:
     """
     Connect with a client that checks nothing (so only the protocol version
     can make it fail) and return the server's certificate (DER).
@@ -42,13 +43,18 @@ def handshake(port: int, maximum: Optional[ssl.TLSVersion] = None) -> bytes:
         # Let this client speak old protocols at all: OpenSSL's default
         # security level would refuse them on the client side.
         context.set_ciphers("DEFAULT:@SECLEVEL=0")
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = maximum
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            der = tls.getpeercert(binary_form=True)
-            assert der is not None
-            return der
+        with warnings.catch_warnings():
+            # Deprecated protocols, on purpose: the server must refuse them.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = maximum
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
 
 
 class TLSTests(TestCase):
@@ -80,7 +86,7 @@ class TLSTests(TestCase):
             s.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
             try:
                 answer = s.recv(4096)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 answer = b""
         self.assertNotIn(b"HTTP/1.", answer)
         self.assertNotIn(b"hello", answer)
@@ -171,11 +177,15 @@ class KeyLoggingTests(TestCase):
     @defer.inlineCallbacks
     def test_keysNeverReachTheLog(self) -> Any:
         key = "k3y-that-must-not-be-logged"
-        server = Server(
-            self, ini=f"[auth]\napikey = {key}\nallow_query_key = bool:true\n"
-        )
+        server = Server(self, ini=f"[auth]\napikey = {key}\nallow_query_key = bool:true\n")
         server.write_plugin("hello", HELLO)
-        server.write_plugin("broken", "from pluginserver import Plugin\nclass B(Plugin):\n    def handle(self, request):\n        raise ValueError(request.args)\n")
+        server.write_plugin(
+            "broken",
+            "from pluginserver import Plugin\n"
+            "class B(Plugin):\n"
+            "    def handle(self, request):\n"
+            "        raise ValueError(request.args)\n",
+        )
         yield server.start(headers={"X-API-Key": key})
         yield server.get(f"/hello?apikey={key}")
         yield server.request("POST", "/hello", data={"apikey": key})

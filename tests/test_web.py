@@ -5,7 +5,6 @@ real registry over a temporary plugins directory.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet import defer
@@ -61,9 +60,9 @@ class PluginRouteTests(ServerCase):
         self.assertEqual(body["args"], {"q": "1", "j": [1, 2], "n": None})
         self.assertEqual(body["json"], {"j": [1, 2], "apikey": "k", "n": None})
         multipart = (
-            b"--B\r\nContent-Disposition: form-data; name=\"field\"\r\n\r\nv\r\n"
-            b"--B\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\nk\r\n"
-            b"--B\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"f.txt\"\r\n"
+            b'--B\r\nContent-Disposition: form-data; name="field"\r\n\r\nv\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="apikey"\r\n\r\nk\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="upload"; filename="f.txt"\r\n'
             b"Content-Type: text/plain\r\n\r\ntext\r\n--B--\r\n"
         )
         _, _, body = yield self.call(
@@ -118,9 +117,10 @@ class PluginRouteTests(ServerCase):
     def test_statusTupleAndHTTPError(self) -> Any:
         self.dir.write("made", plugin_source("(201, {'made': True})"))
         self.dir.write(
-            "refuse", plugin_source("None", extra="") .replace(
+            "refuse",
+            plugin_source("None", extra="").replace(
                 "return None", "raise HTTPError(409, 'already there')"
-            )
+            ),
         )
         yield self.serve()
         status, _, body = yield self.call("POST", "/made")
@@ -152,7 +152,12 @@ class PluginRouteTests(ServerCase):
             "            raise HTTPError(418, 'teapot')\n"
             "        return {'later': value}\n",
         )
-        self.dir.write("deferred", plugin_source("defer.succeed((202, 'accepted'))", extra="from twisted.internet import defer\n"))
+        self.dir.write(
+            "deferred",
+            plugin_source(
+                "defer.succeed((202, 'accepted'))", extra="from twisted.internet import defer\n"
+            ),
+        )
         yield self.serve()
         status, _, body = yield self.call("GET", "/later/yes")
         self.assertEqual((status, body), (200, {"later": "yes"}))
@@ -163,7 +168,9 @@ class PluginRouteTests(ServerCase):
 
     @defer.inlineCallbacks
     def test_slowHandlerTimesOutWith504(self) -> Any:
-        self.dir.write("slow", plugin_source("defer.Deferred()", extra="from twisted.internet import defer\n"))
+        self.dir.write(
+            "slow", plugin_source("defer.Deferred()", extra="from twisted.internet import defer\n")
+        )
         yield self.serve(request_timeout=5.0)
         d = self.call("GET", "/slow")
         self.client.flush()
