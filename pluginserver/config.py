@@ -395,10 +395,15 @@ def _origin(item: str) -> str:
     host = parts.hostname
     if ":" in host:
         host = f"[{host}]"
-    origin = f"{parts.scheme.lower()}://{host}"
-    if port is not None:
+    scheme = parts.scheme.lower()
+    origin = f"{scheme}://{host}"
+    if port is not None and _DEFAULT_PORTS.get(scheme) != port:
+        # Browsers leave a scheme's default port out of Origin.
         origin += f":{port}"
     return origin
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _origins(value: Any, raw: str) -> tuple[str, ...]:
@@ -540,6 +545,9 @@ def _read_ini(path: str) -> dict[str, dict[str, str]]:
         interpolation=None,  # we interpolate ourselves, before typing
         comment_prefixes=("#", ";"),
         inline_comment_prefixes=None,  # the old server had none either
+        # [DEFAULT] is read as a section of its own and merged below, so
+        # that it can be kept out of [plugin_parms], whose keys are plugins.
+        default_section="\x00no default section",
     )
     try:
         with open(path, encoding="utf-8") as ini:
@@ -566,9 +574,17 @@ def _read_ini(path: str) -> dict[str, dict[str, str]]:
         raise ConfigError(path, None, None, problems) from e
     except configparser.Error as e:
         raise ConfigError(path, None, None, str(e)) from e
-    raw = {parser.default_section: dict(parser.defaults())}
+    defaults = (
+        dict(parser.items(configparser.DEFAULTSECT))
+        if parser.has_section(configparser.DEFAULTSECT)
+        else {}
+    )
+    raw = {configparser.DEFAULTSECT: defaults}
     for section in parser.sections():
-        raw[section] = dict(parser.items(section))
+        if section == configparser.DEFAULTSECT:
+            continue
+        explicit = dict(parser.items(section))
+        raw[section] = explicit if section == "plugin_parms" else {**defaults, **explicit}
     return raw
 
 

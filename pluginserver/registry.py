@@ -454,6 +454,35 @@ class PluginRegistry:
             raise PluginLoadError(f"{className} is no longer a Plugin subclass after reload")
         return live, cls, self._seen.get(fullname, digest)
 
+    def _restore(
+        self,
+        stem: str,
+        live: types.ModuleType | None,
+        saved: tuple[dict[str, Any], str | None, type | None] | None,
+        previous: LoadedPlugin | None,
+    ) -> None:
+        """
+        Undo what a failed load did to the live module, so the generation
+        still serving runs exactly as before.
+        """
+        fullname = self._fullname(stem)
+        if live is None or saved is None:
+            # A failed first load: forget the module, the next try starts
+            # afresh.
+            sys.modules.pop(fullname, None)
+            self._seen.pop(fullname, None)
+            package = sys.modules.get(self._package)
+            if package is not None and hasattr(package, stem):
+                delattr(package, stem)
+            return
+        namespace, digest, oldClass = saved
+        live.__dict__.clear()
+        live.__dict__.update(namespace)
+        if digest is not None:
+            self._seen[fullname] = digest
+        if previous is not None and oldClass is not None:
+            previous.instance.__class__ = oldClass
+
     def _paramsFor(self, stem: str, name: str) -> Mapping[str, Any]:
         return self._params.get(name) or self._params.get(stem) or {}
 
@@ -464,24 +493,44 @@ class PluginRegistry:
         or L{PluginLoadError} with the old generation untouched.
         """
         previous = self._byStem(stem)
-        module, cls, digest = self._liveModule(stem)
-        name = cls.name if isinstance(cls.name, str) and cls.name else stem
-        if not _ROUTE_NAME.match(name) or name in RESERVED_NAMES:
-            raise PluginLoadError(f"route name {name!r} is reserved or not a valid path segment")
-        other = self._byName.get(name)
-        if other is not None and other.stem != stem:
-            raise PluginLoadError(f"route /{name} is already served by {other.file}")
-        params = self._paramsFor(stem, name)
+        fullname = self._fullname(stem)
+        live = sys.modules.get(fullname)
+        # What a failure after the rebuild must put back: the live module's
+        # globals (the old generation's code reads them) and the class of
+        # the old instance (rebuild moves instances to the new class).
+        saved = (
+            (
+                dict(live.__dict__),
+                self._seen.get(fullname),
+                previous.instance.__class__ if previous is not None else None,
+            )
+            if live is not None
+            else None
+        )
         try:
-            instance = cls(name, params, self._config)
-        except Exception as e:
-            raise PluginLoadError(_describe_error(e, self._path(stem))) from None
-        try:
-            yield _maybe_async(instance.start)
-        except Exception as e:
-            raise PluginLoadError(
-                "start() failed: " + _describe_error(e, self._path(stem))
-            ) from None
+            module, cls, digest = self._liveModule(stem)
+            name = cls.name if isinstance(cls.name, str) and cls.name else stem
+            if not _ROUTE_NAME.match(name) or name in RESERVED_NAMES:
+                raise PluginLoadError(
+                    f"route name {name!r} is reserved or not a valid path segment"
+                )
+            other = self._byName.get(name)
+            if other is not None and other.stem != stem:
+                raise PluginLoadError(f"route /{name} is already served by {other.file}")
+            params = self._paramsFor(stem, name)
+            try:
+                instance = cls(name, params, self._config)
+            except Exception as e:
+                raise PluginLoadError(_describe_error(e, self._path(stem))) from None
+            try:
+                yield _maybe_async(instance.start)
+            except Exception as e:
+                raise PluginLoadError(
+                    "start() failed: " + _describe_error(e, self._path(stem))
+                ) from None
+        except PluginLoadError:
+            self._restore(stem, live, saved, previous)
+            raise
         methods = {m.upper() for m in cls.methods}
         if "GET" in methods:
             methods.add("HEAD")
@@ -607,6 +656,7 @@ class PluginRegistry:
         config: Any,
     ) -> Generator[defer.Deferred[Any], Any, ReloadReport]:
         oldParams = self._params
+        configChanged = config is not None and config != self._config
         if params is not None:
             self._params = params
         if config is not None:
@@ -629,7 +679,9 @@ class PluginRegistry:
             helpersChanged = False
         for stem in stems:
             current = self._byStem(stem)
-            if current is not None and not self._needsReload(current, oldParams, helpersChanged):
+            if current is not None and not self._needsReload(
+                current, oldParams, helpersChanged or configChanged
+            ):
                 continue
             try:
                 loaded = yield self._load(stem)
@@ -644,9 +696,9 @@ class PluginRegistry:
         self,
         current: LoadedPlugin,
         oldParams: Mapping[str, Mapping[str, Any]],
-        helpersChanged: bool,
+        force: bool,
     ) -> bool:
-        if helpersChanged:
+        if force:  # a helper module or the configuration changed
             return True
         if self._paramsFor(current.stem, current.name) != current.params:
             return True
@@ -656,26 +708,33 @@ class PluginRegistry:
         except OSError:
             return True
 
-    def check_all(self) -> dict[str, str | None]:
+    def check_all(self) -> dict[str, tuple[str | None, str | None]]:
         """
         Compile and run every plugin file in a scratch module, as a load
-        would, without making anything live or starting anything: each
-        plugin's stem maps to its error, or L{None} when it would load.
+        would, without making anything live or starting anything.  Maps
+        each plugin's stem to its route name and its error (L{None} when it
+        would load).
         """
-        results: dict[str, str | None] = {}
+        results: dict[str, tuple[str | None, str | None]] = {}
         for stem in self.discover():
             try:
                 cls = _plugin_class(self._scratch(self._fullname(stem), self._path(stem))[0])
             except PluginLoadError as e:
-                results[stem] = str(e)
+                results[stem] = (None, str(e))
+                continue
+            name = cls.name if isinstance(cls.name, str) and cls.name else stem
+            if not _ROUTE_NAME.match(name) or name in RESERVED_NAMES:
+                error = f"route name {name!r} is reserved or not a valid path segment"
+                results[stem] = (name, error)
             else:
-                name = cls.name if isinstance(cls.name, str) and cls.name else stem
-                results[stem] = (
-                    None
-                    if _ROUTE_NAME.match(name) and name not in RESERVED_NAMES
-                    else f"route name {name!r} is reserved or not a valid path segment"
-                )
+                results[stem] = (name, None)
         return results
+
+    def params_for(self, stem: str, name: str) -> Mapping[str, Any]:
+        """
+        The params of the plugin in C{stem}.py serving C{name}.
+        """
+        return self._paramsFor(stem, name)
 
     def load_all(self) -> defer.Deferred[ReloadReport]:
         """

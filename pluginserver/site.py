@@ -24,6 +24,7 @@ from time import perf_counter as _now
 from typing import Any, Protocol, TextIO
 
 from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -39,7 +40,7 @@ def _raw_response(status: bytes, message: str) -> bytes:
     A complete response written straight to the transport, for the answers
     given before there is a request to answer through.
     """
-    body = json.dumps({"error": message}).encode("utf-8")
+    body = json.dumps({"error": message}, separators=(",", ":")).encode("utf-8")
     return (
         b"HTTP/1.1 " + status + b"\r\n"
         b"Content-Type: application/json\r\n"
@@ -250,8 +251,14 @@ class PluginServerChannel(HTTPChannel):
         self.refuse(HEADERS_TOO_LARGE if self.requests else URI_TOO_LONG)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        # twisted.web's own answer to a malformed head: an empty 400.
-        self.refuse(BAD_REQUEST)
+        # twisted.web's own answer to a malformed head, or one over its
+        # header limits (500 headers, 16 KiB in all): an empty 400.
+        size = getattr(self, "_receivedHeaderSize", 0)
+        count = getattr(self, "_receivedHeaderCount", 0)
+        if size > self.totalHeadersSize or count > self.maxHeaders:
+            self.refuse(HEADERS_TOO_LARGE)
+        else:
+            self.refuse(BAD_REQUEST)
 
     def _cancelHeadDeadline(self) -> None:
         if self._headDeadline is not None:
@@ -280,10 +287,12 @@ class PluginServerChannel(HTTPChannel):
         self.paused = True
         transport.write(response)
         self._refusing = self.callLater(LINGER, transport.abortConnection)
-        if hasattr(transport, "loseWriteConnection"):
-            transport.loseWriteConnection()
-        else:
+        if ISSLTransport.providedBy(transport) or not hasattr(transport, "loseWriteConnection"):
+            # TLS has no half-close of its own: its close_notify ends both
+            # directions (and twisted's TLS transport fails on a half-close).
             transport.loseConnection()
+        else:
+            transport.loseWriteConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.site.channels.discard(self)

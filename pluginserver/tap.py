@@ -23,7 +23,7 @@ from twisted.python.logfile import LogFile
 from pluginserver.config import ConfigError, Settings, load_settings
 from pluginserver.registry import PluginRegistry
 from pluginserver.service import PluginServerService
-from pluginserver.tls import describe_tls_error, is_tls, load_context_factory
+from pluginserver.tls import describe_endpoint_error, is_tls, load_context_factory
 
 
 class Options(usage.Options):
@@ -87,7 +87,9 @@ class Options(usage.Options):
                 else:
                     serverFromString(reactor, description)
             except Exception as e:
-                _fail(f"{_origin(settings)}: {description}: {describe_tls_error(e)}")
+                _fail(
+                    f"{_origin(settings)}: {description}: {describe_endpoint_error(description, e)}"
+                )
         self["settings"] = settings
         if self["check"]:
             raise SystemExit(check(settings, sys.stdout))
@@ -138,7 +140,9 @@ def check(settings: Settings, out: TextIO) -> int:
                 serverFromString(reactor, description)
         except Exception as e:
             problems += 1
-            out.write(f"listener {description}: FAILED: {describe_tls_error(e)}\n")
+            out.write(
+                f"listener {description}: FAILED: {describe_endpoint_error(description, e)}\n"
+            )
         else:
             kind = "TLS" if is_tls(description) else "plain"
             out.write(f"listener {description}: ok ({kind})\n")
@@ -147,10 +151,10 @@ def check(settings: Settings, out: TextIO) -> int:
         settings.plugins_dir, settings.plugin_params, settings, package="pluginserver_check"
     )
     try:
-        for stem, error in sorted(registry.check_all().items()):
-            if error is None:
-                auth = settings.plugin_params.get(stem, {}).get("auth", "global")
-                out.write(f"plugin {stem}: ok (/{stem}, auth={auth})\n")
+        for stem, (name, error) in sorted(registry.check_all().items()):
+            if error is None and name is not None:
+                auth = registry.params_for(stem, name).get("auth", "global")
+                out.write(f"plugin {stem}: ok (/{name}, auth={auth})\n")
             else:
                 problems += 1
                 out.write(f"plugin {stem}: FAILED: {error}\n")

@@ -16,13 +16,28 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEndpoint
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 
 class TLSConfigError(Exception):
     """
     A TLS key or certificate could not be used; the message says why.
     """
+
+
+def describe_endpoint_error(description: str, e: Exception) -> str:
+    """
+    Say what is wrong with a listener's endpoint string in words.
+    """
+    if description.split(":", 1)[0].strip().lower() == "systemd" and isinstance(
+        e, (IndexError, KeyError)
+    ):
+        return (
+            "no socket was passed by systemd (start it from a .socket unit, "
+            "or use a tcp: or ssl: listener)"
+        )
+    return describe_tls_error(e)
 
 
 def describe_tls_error(e: Exception) -> str:
@@ -84,10 +99,12 @@ def _contextFactoryOf(endpoint: object) -> Any:
     return factory
 
 
+@implementer(IOpenSSLContextFactory)
 class SwappableContextFactory:
     """
     An OpenSSL context factory that hands out the context of whichever
-    factory it currently holds.
+    factory it currently holds: Twisted's TLS layer asks for a context for
+    each new connection.
     """
 
     def __init__(self, current: Any) -> None:

@@ -768,8 +768,20 @@ class CorsAndAccessTests(ConfigTestCase):
         self.assertEqual((settings.cors_enabled, settings.cors_origins), (True, ("*",)))
 
     def test_originsNormalised(self) -> None:
-        settings = self.load("[cors]\norigin_url = HTTPS://A.Example:8443/ http://[::1]:80\n")
-        self.assertEqual(settings.cors_origins, ("https://a.example:8443", "http://[::1]:80"))
+        # As browsers send Origin: lower case, no slash, no default port.
+        settings = self.load(
+            "[cors]\norigin_url = HTTPS://A.Example:8443/ http://[::1]:80 https://b.example:443\n"
+        )
+        self.assertEqual(
+            settings.cors_origins, ("https://a.example:8443", "http://[::1]", "https://b.example")
+        )
+
+    def test_defaultsDoNotBecomePlugins(self) -> None:
+        settings = self.load(
+            "[DEFAULT]\nbase = /srv\n[plugin_parms]\np = a=int:1\n[custom]\nx = ${base}/x\n"
+        )
+        self.assertEqual(dict(settings.plugin_params), {"p": {"a": 1}})
+        self.assertEqual(settings.sections["custom"]["base"], "/srv")
 
     def test_badOrigin(self) -> None:
         for origin in (

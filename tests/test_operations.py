@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.process import Server, listening, run_twistd, sleep
 
@@ -222,3 +222,78 @@ class CheckTests(TestCase):
             result.stdout,
         )
         self.assertIn("1 problem(s)", result.stdout)
+
+
+class CheckRouteTests(TestCase):
+    timeout = 60
+
+    def test_checkNamesTheRouteAndItsAuth(self) -> None:
+        server = Server(self, ini="[plugin_parms]\nstatus = auth=none\n")
+        server.write_plugin(
+            "api_status",
+            "from pluginserver import Plugin\n"
+            "class S(Plugin):\n    name = 'status'\n"
+            "    def handle(self, request):\n        return 1\n",
+        )
+        result = run_twistd(["pluginserver", "--config", server.config, "--check"], server.dir)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("plugin api_status: ok (/status, auth=none)", result.stdout)
+
+
+class SystemdTests(TestCase):
+    timeout = 60
+
+    def test_systemdListenerOutsideSystemdIsOneClearLine(self) -> None:
+        server = Server(self, listen="systemd:domain=INET:index=0")
+        result = run_twistd(["-n", "pluginserver", "--config", server.config], server.dir)
+        self.assertEqual(result.returncode, 1)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn("no socket was passed by systemd", lines[0])
+
+    @defer.inlineCallbacks
+    def test_socketActivation(self) -> Any:
+        """
+        systemd-socket-activate binds the port and passes it, as a .socket
+        unit does; the server listens on the descriptor it is given.
+        """
+        import shutil
+        import subprocess
+
+        from tests.process import twistd
+
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise SkipTest("systemd-socket-activate is not installed")
+        server = Server(self, listen="systemd:domain=INET:index=0")
+        server.write_plugin("hello", HELLO)
+        out = open(server.logfile, "ab")  # noqa: SIM115 - closed by the cleanup
+        self.addCleanup(out.close)
+        server.process = subprocess.Popen(
+            [
+                activate,
+                "--fdname=pluginserver",
+                "-l",
+                f"127.0.0.1:{server.port}",
+                twistd(),
+                "-n",
+                "--pidfile=",
+                "pluginserver",
+                "--config",
+                server.config,
+            ],
+            cwd=server.dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                status, body = yield server.get("/hello")
+                break
+            except Exception:
+                yield sleep(0.1)
+        self.assertEqual((status, body), (200, {"hello": "world"}))
+        self.assertIn("Serving 1 plugins", server.log())
+        exit = yield server.stop()
+        self.assertEqual(exit, -signal.SIGTERM)

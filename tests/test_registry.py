@@ -437,3 +437,79 @@ class LeakTests(TestCase):
             self.assertTrue(outcome.success, outcome.error)
         self.assertEqual(answer(registry, "leaky"), 302)
         self.assertEqual(census(), before)
+
+
+class RestoreTests(TestCase):
+    @defer.inlineCallbacks
+    def test_failedStartAfterRebuildLeavesTheOldGenerationUntouched(self) -> Any:
+        """
+        The live module is rebuilt before the new instance starts; when
+        start() fails, the old generation must still see its own globals
+        and its own class.
+        """
+        plugins = PluginDir(self)
+        plugins.write(
+            "p",
+            "from pluginserver import Plugin\nWORD = 'one'\n"
+            "class P(Plugin):\n"
+            "    def handle(self, request):\n        return self.word()\n"
+            "    def word(self):\n        return WORD\n",
+        )
+        registry = plugins.registry(self)
+        yield registry.load_all()
+        old = registry.get("p")
+        assert old is not None
+        oldClass = type(old.instance)
+        plugins.write(
+            "p",
+            "from pluginserver import Plugin\nWORD = 'two'\n"
+            "class P(Plugin):\n"
+            "    def start(self):\n        raise RuntimeError('no')\n"
+            "    def handle(self, request):\n        return self.word()\n"
+            "    def word(self):\n        return 'new ' + WORD\n",
+        )
+        outcome = yield registry.reload("p")
+        self.assertFalse(outcome.success)
+        self.assertIs(type(old.instance), oldClass)
+        self.assertEqual(answer(registry, "p"), "one")
+        # The next good edit is seen as a change and loads.
+        plugins.write(
+            "p",
+            "from pluginserver import Plugin\nWORD = 'three'\n"
+            "class P(Plugin):\n"
+            "    def handle(self, request):\n        return WORD\n",
+        )
+        report = yield registry.reload_all()
+        self.assertEqual(report.failed, {})
+        self.assertEqual(answer(registry, "p"), "three")
+
+    @defer.inlineCallbacks
+    def test_failedFirstLoadCanBeRetried(self) -> Any:
+        plugins = PluginDir(self)
+        plugins.write(
+            "p",
+            "from pluginserver import Plugin\n"
+            "class P(Plugin):\n"
+            "    def start(self):\n        raise RuntimeError('not yet')\n"
+            "    def handle(self, request):\n        return 1\n",
+        )
+        registry = plugins.registry(self)
+        report = yield registry.load_all()
+        self.assertIn("start() failed", report.failed["p"])
+        plugins.write("p", plugin_source("2"))
+        report = yield registry.reload_all()
+        self.assertEqual((report.added, report.failed), (["p"], {}))
+        self.assertEqual(answer(registry, "p"), 2)
+
+    @defer.inlineCallbacks
+    def test_changedConfigMakesANewGeneration(self) -> Any:
+        plugins = PluginDir(self)
+        plugins.write("p", plugin_source("self.config"))
+        registry = plugins.registry(self, config={"custom": 1})
+        yield registry.load_all()
+        report = yield registry.reload_all(config={"custom": 1})
+        self.assertEqual(registry.get("p").generation, 1)  # type: ignore[union-attr]
+        report = yield registry.reload_all(config={"custom": 2})
+        self.assertEqual(report.failed, {})
+        self.assertEqual(answer(registry, "p"), {"custom": 2})
+        self.assertEqual(registry.get("p").generation, 2)  # type: ignore[union-attr]

@@ -267,3 +267,43 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(policy.required_key({"auth": "plugin", "apikey": "p"}), "p")
         self.assertIsNone(policy.required_key({"auth": "none"}))
         self.assertIsNone(SecurityPolicy().required_key({}))
+
+
+class OtherMethodKeyTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_formKeyOnPut(self) -> Any:
+        self.dir.write(
+            "p",
+            "from pluginserver import Plugin\n"
+            "class P(Plugin):\n    methods = ('PUT',)\n"
+            "    def handle(self, request):\n        return request.args\n",
+        )
+        yield self.serve(apikey=KEY)
+        status, _, body = yield self.call("PUT", "/p", data={"apikey": KEY, "x": "1"})
+        self.assertEqual((status, body), (200, {"x": "1"}))
+        status, _, _ = yield self.call("PUT", "/p", data={"apikey": "wrong"})
+        self.assertEqual(status, 401)
+        # The query still does not count when it is not allowed.
+        status, _, _ = yield self.call("PUT", f"/p?apikey={KEY}", data={"x": "1"})
+        self.assertEqual(status, 401)
+
+
+class DefaultPortOriginTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_originConfiguredWithDefaultPortMatches(self) -> Any:
+        from pluginserver.config import load_settings
+
+        ini = self.mktemp()
+        with open(ini, "w") as f:
+            f.write(
+                f"[paths]\nplugins = {self.dir.path}\n[cors]\nenabled = bool:true\n"
+                "origin_url = https://a.example:443\n"
+            )
+        settings = load_settings(ini)
+        self.dir.write("p", ARGS)
+        yield self.serve(cors_enabled=True, cors_origins=settings.cors_origins)
+        status, headers, _ = yield self.call("GET", "/p", headers={"Origin": "https://a.example"})
+        self.assertEqual(status, 200)
+        self.assertEqual(
+            headers.getRawHeaders("access-control-allow-origin"), ["https://a.example"]
+        )

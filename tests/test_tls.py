@@ -198,3 +198,82 @@ class KeyLoggingTests(TestCase):
         log = server.log()
         self.assertIn("Plugin broken generation 1 failed", log)
         self.assertNotIn(key, log)
+
+
+class ListenerMixTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_tcpTLSAndUnixAtOnce(self) -> Any:
+        """
+        Three listeners in one process; a unix-socket client, having no
+        address, is not refused by the address allow-list (the socket
+        file's permissions guard it); a refused TLS body is answered 413
+        with nothing in the log.
+        """
+        from tests.process import free_port
+
+        tlsPort = free_port()
+        listen = (
+            "tcp:{port}:interface=127.0.0.1 "
+            f"ssl:{tlsPort}:interface=127.0.0.1:privateKey=server.key:certKey=server.crt "
+            "unix:ps.sock"
+        )
+        server = Server(
+            self,
+            listen=listen,
+            server="max_body = int:1000\n",
+            ini="[access]\nallow = list:127.0.0.0/8 ::1\n",
+        )
+        make_certificate(server.dir, "server")
+        server.write_plugin("hello", HELLO)
+        yield server.start()
+        status, body = yield server.get("/hello?name=tcp")
+        self.assertEqual((status, body), (200, {"hello": "tcp"}))
+
+        def overUnix() -> bytes:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(os.path.join(server.dir, "ps.sock"))
+                s.sendall(b"GET /hello?name=unix HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                chunks = []
+                while chunk := s.recv(4096):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        def overTLS(request: bytes) -> bytes:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            with (
+                socket.create_connection(("127.0.0.1", tlsPort), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                tls.sendall(request)
+                chunks = []
+                try:
+                    while chunk := tls.recv(4096):
+                        chunks.append(chunk)
+                except (ssl.SSLError, OSError):
+                    pass
+                return b"".join(chunks)
+
+        from twisted.internet.threads import deferToThread
+
+        answer = yield deferToThread(overUnix)
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200"), answer[:100])
+        self.assertTrue(answer.endswith(b'{"hello":"unix"}'), answer[-100:])
+        answer = yield deferToThread(
+            overTLS, b"GET /hello?name=tls HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        )
+        self.assertTrue(answer.endswith(b'{"hello":"tls"}'), answer[-100:])
+        answer = yield deferToThread(
+            overTLS,
+            b"POST /hello HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n",
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413"), answer[:100])
+        yield sleep(0.5)
+        yield server.stop()
+        log = server.log()
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("Unhandled", log)

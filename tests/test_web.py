@@ -275,3 +275,28 @@ class UtilityRouteTests(ServerCase):
         status, headers, body = yield self.call("DELETE", "/plugins")
         self.assertEqual((status, body), (405, {"error": "method not allowed"}))
         self.assertIn("GET", headers.getRawHeaders("allow")[0])
+
+
+class OtherMethodFormTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_putPatchAndDeleteFormBodiesAreArguments(self) -> Any:
+        self.dir.write(
+            "echo",
+            "from pluginserver import Plugin\n"
+            "class E(Plugin):\n    methods = ('PUT', 'PATCH', 'DELETE')\n"
+            "    def handle(self, request):\n        return request.args\n",
+        )
+        yield self.serve()
+        for method in ("PUT", "PATCH", "DELETE"):
+            status, _, body = yield self.call(
+                method, "/echo?q=1", data={"form": "2", "q": "3", "apikey": "k"}
+            )
+            self.assertEqual((status, body), (200, {"q": "3", "form": "2"}), method)
+        multipart = b'--B\r\nContent-Disposition: form-data; name="field"\r\n\r\nv\r\n--B--\r\n'
+        status, _, body = yield self.call(
+            "PUT",
+            "/echo",
+            data=multipart,
+            headers={"content-type": "multipart/form-data; boundary=B"},
+        )
+        self.assertEqual((status, body), (200, {"field": "v"}))
