@@ -332,11 +332,44 @@ class _RedactedURI:
         return getattr(self._request, name)
 
 
+_PLAIN = re.compile(rb"[ !#-\[\]-~]*")
+"""Printable ASCII without quote or backslash: what the log's escaping leaves alone."""
+
+
 def redacted_log_line(timestamp: str, request: Any) -> str:
     """
     The combined-log-format line twisted.web writes, with keys redacted.
+
+    twisted.web's formatter escapes every field through repr(), which made
+    an access log cost a quarter of the throughput; fields that need no
+    escaping (nearly all) are written as they are, to the same line, and
+    anything else goes through twisted.web's own formatter.
     """
-    line: str = combinedLogFormatter(timestamp, _RedactedURI(request))
+    uri = request.uri
+    redacted = b"apikey" in uri.lower()
+    if redacted:
+        uri = redact(uri)
+    address = request.getClientAddress()
+    ip = getattr(address, "host", None)
+    referrer = request.getHeader(b"referer") or b"-"
+    agent = request.getHeader(b"user-agent") or b"-"
+    method = request.method
+    protocol = request.clientproto
+    plain = _PLAIN.fullmatch
+    if (
+        isinstance(ip, str)
+        and plain(uri)
+        and plain(referrer)
+        and plain(agent)
+        and plain(method)
+        and plain(protocol)
+        and plain(ip.encode("latin-1", "replace"))
+    ):
+        return (
+            f'"{ip}" - - {timestamp} "{method.decode()} {uri.decode()} {protocol.decode()}" '
+            f'{request.code} {request.sentLength or "-"} "{referrer.decode()}" "{agent.decode()}"'
+        )
+    line: str = combinedLogFormatter(timestamp, _RedactedURI(request) if redacted else request)
     return line
 
 

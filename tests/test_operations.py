@@ -297,3 +297,51 @@ class SystemdTests(TestCase):
         self.assertIn("Serving 1 plugins", server.log())
         exit = yield server.stop()
         self.assertEqual(exit, -signal.SIGTERM)
+
+
+class AccessLineTests(TestCase):
+    """
+    The fast access-log line is exactly twisted.web's combined format.
+    """
+
+    def request(self, uri: bytes, agent: bytes | None, referrer: bytes | None = None) -> Any:
+        from twisted.web.http import Request
+        from twisted.web.test.requesthelper import DummyChannel
+
+        request = Request(DummyChannel(), False)
+        request.method = b"GET"
+        request.uri = uri
+        request.clientproto = b"HTTP/1.1"
+        request.code = 200
+        request.sentLength = 17
+        if agent is not None:
+            request.requestHeaders.setRawHeaders(b"user-agent", [agent])
+        if referrer is not None:
+            request.requestHeaders.setRawHeaders(b"referer", [referrer])
+        return request
+
+    def test_sameLineAsTwisted(self) -> None:
+        from twisted.web.http import combinedLogFormatter
+
+        from pluginserver.site import redacted_log_line
+
+        stamp = "[29/Nov/2026:18:04:01 +0000]"
+        for uri, agent, referrer in [
+            (b"/hello?name=a", b"curl/7.88.1", None),
+            (b"/hello", None, b"https://a.example/"),
+            (b'/q?x="quoted"', b"agent \\ with backslash", None),
+            (b"/caf\xc3\xa9", b"ua \xff", b'"'),
+        ]:
+            request = self.request(uri, agent, referrer)
+            self.assertEqual(
+                redacted_log_line(stamp, request), combinedLogFormatter(stamp, request), uri
+            )
+
+    def test_keysRedactedOnBothPaths(self) -> None:
+        from pluginserver.site import redacted_log_line
+
+        stamp = "[29/Nov/2026:18:04:01 +0000]"
+        for agent in (b"plain", b'"quoted"'):
+            line = redacted_log_line(stamp, self.request(b"/h?apikey=SECRET&a=1", agent))
+            self.assertIn("/h?apikey=REDACTED&a=1", line)
+            self.assertNotIn("SECRET", line)
