@@ -247,16 +247,17 @@ class PluginServerService(MultiService):
         self._previousHup = signal.signal(signal.SIGHUP, self._onHup)
         self._previousUsr1 = signal.signal(signal.SIGUSR1, self._onUsr1)
         self.threadpool.start()
+        # Everything made so far (modules, the site) lives as long as the
+        # process: keep it out of the cyclic collector's full passes, which
+        # would walk it again and again under load.  Plugins come after:
+        # a replaced generation must stay collectable.
+        gc.freeze()
         d = self._registry.load_all()
         d.addCallback(self._loaded)
         d.addErrback(lambda f: log.failure("Loading plugins failed", f))
         super().startService()
 
     def _loaded(self, report: ReloadReport) -> None:
-        # Everything made so far (modules, plugins, the site) lives as long
-        # as the process: keep it out of the cyclic collector's full passes,
-        # which otherwise walk it again and again under load.
-        gc.freeze()
         log.info(
             "Serving {count} plugins from {directory}: {names}",
             count=len(report.loaded),

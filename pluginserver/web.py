@@ -310,8 +310,6 @@ class PluginServerResource(Resource):
         its configuration).
         """
         self._policy = SecurityPolicy.from_settings(settings)
-        # The key each plugin generation needs, worked out once per policy.
-        self._requiredKeys: dict[LoadedPlugin, str | None] = {}
 
     def render(self, request: PluginServerRequest) -> Any:
         # The site's request has already set the headers every answer
@@ -439,12 +437,7 @@ class PluginServerResource(Resource):
             subpath = _decode(unquote_to_bytes(rest), "path") if rest else ""
         except BadRequest as e:
             return self._answer(request, 400, error_body(str(e)))
-        try:
-            expected = self._requiredKeys[loaded]
-        except KeyError:
-            if len(self._requiredKeys) > 4096:
-                self._requiredKeys.clear()  # old generations
-            expected = self._requiredKeys[loaded] = policy.required_key(loaded.params)
+        expected = policy.required_key(loaded.params)
         if expected is not None and not self._authorized(request, policy, expected, document):
             return self._unauthorized(request)
         if "apikey" in args:

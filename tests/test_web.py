@@ -300,3 +300,29 @@ class OtherMethodFormTests(ServerCase):
             headers={"content-type": "multipart/form-data; boundary=B"},
         )
         self.assertEqual((status, body), (200, {"field": "v"}))
+
+
+class GenerationLeakTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_servedGenerationsAreReleased(self) -> Any:
+        """
+        Serving requests must not keep a replaced generation alive (a cache
+        keyed by generation once did).
+        """
+        import gc
+
+        source = (
+            "from pluginserver import Plugin\n"
+            "class Kept(Plugin):\n"
+            "    def handle(self, request):\n        return {'v': VERSION}\n"
+        )
+        self.dir.write("kept", source + "VERSION = 0\n")
+        yield self.serve(apikey="k")
+        for version in range(1, 6):
+            self.dir.write("kept", source + f"VERSION = {version}\n")
+            yield self.registry.reload("kept")
+            status, _, body = yield self.call("GET", "/kept", headers={"X-API-Key": "k"})
+            self.assertEqual((status, body), (200, {"v": version}))
+        gc.collect()
+        alive = [o for o in gc.get_objects() if type(o).__name__ == "Kept"]
+        self.assertEqual(len(alive), 1)
