@@ -461,6 +461,7 @@ class Settings:
     idle_timeout: float = 60.0
     header_timeout: float = 10.0
     shutdown_timeout: float = 10.0
+    start_timeout: float = 30.0
     threads: int = 10
     allowed_hosts: tuple[str, ...] | None = None
     log_format: str = "text"
@@ -770,6 +771,7 @@ class _Loader:
             idle_timeout=self.get("server", "idle_timeout", _seconds(False), 60.0),
             header_timeout=self.get("server", "header_timeout", _seconds(False), 10.0),
             shutdown_timeout=self.get("server", "shutdown_timeout", _seconds(True), 10.0),
+            start_timeout=self.get("server", "start_timeout", _seconds(False), 30.0),
             threads=self.get("server", "threads", _integer(1), 10),
             allowed_hosts=tuple(h.lower() for h in allowed_hosts) or None,
             log_format=self.get("server", "log_format", _log_format, "text"),

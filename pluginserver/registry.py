@@ -21,6 +21,7 @@ The registry knows nothing of HTTP: it hands out L{LoadedPlugin}s.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.abc
 import importlib.util
@@ -266,6 +267,7 @@ class PluginRegistry:
 
     @param observe: called with a plugin's name and C{True} or C{False} after
         each load or reload of it succeeds or fails (for metrics).
+    @param start_timeout: seconds a plugin's start() or stop() may take.
     """
 
     def __init__(
@@ -276,6 +278,8 @@ class PluginRegistry:
         package: str = "pluginserver_plugins",
         clock: Callable[[], float] = time.time,
         observe: Callable[[str, bool], None] | None = None,
+        start_timeout: float = 30.0,
+        reactor: Any = None,
     ) -> None:
         if package in sys.modules:
             raise ValueError(f"module name {package!r} is already in use")
@@ -285,6 +289,10 @@ class PluginRegistry:
         self._package = package
         self._clock = clock
         self._observe = observe or (lambda name, success: None)
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.start_timeout = start_timeout
         self._seen: dict[str, str] = {}
         self._byName: dict[str, LoadedPlugin] = {}
         self._lock = defer.DeferredLock()
@@ -421,6 +429,16 @@ class PluginRegistry:
     def _rebuild(self, module: types.ModuleType, path: str) -> None:
         try:
             rebuild(module, doLog=0)
+        except (dataclasses.FrozenInstanceError, attr.exceptions.FrozenInstanceError) as e:
+            # The module was reloaded; rebuild then failed to move an
+            # instance of a frozen class (a module-level frozen dataclass or
+            # attrs value) to the new class.  Old instances keep their old
+            # class, which the registry does not need: it makes a new one.
+            log.warn(
+                "Reloaded {module}; old instances of a frozen class keep the old code ({error})",
+                module=module.__name__,
+                error=f"{type(e).__name__}: {e}",
+            )
         except Exception as e:
             raise PluginLoadError(_describe_error(e, path)) from None
         finally:
@@ -483,6 +501,14 @@ class PluginRegistry:
         if previous is not None and oldClass is not None:
             previous.instance.__class__ = oldClass
 
+    def _bounded(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """
+        C{d}, cancelled after C{start_timeout} seconds: a plugin whose start()
+        or stop() never finishes must not hold every later reload (and the
+        shutdown) behind it.
+        """
+        return d.addTimeout(self.start_timeout, self._reactor)
+
     def _paramsFor(self, stem: str, name: str) -> Mapping[str, Any]:
         return self._params.get(name) or self._params.get(stem) or {}
 
@@ -509,6 +535,11 @@ class PluginRegistry:
         )
         try:
             module, cls, digest = self._liveModule(stem)
+            if previous is not None and saved is not None and saved[2] is not None:
+                # rebuild moved the serving instance to the new class; it
+                # must keep running its own code until it is replaced, and
+                # while the new one starts (which may take a while).
+                previous.instance.__class__ = saved[2]
             name = cls.name if isinstance(cls.name, str) and cls.name else stem
             if not _ROUTE_NAME.match(name) or name in RESERVED_NAMES:
                 raise PluginLoadError(
@@ -523,7 +554,11 @@ class PluginRegistry:
             except Exception as e:
                 raise PluginLoadError(_describe_error(e, self._path(stem))) from None
             try:
-                yield _maybe_async(instance.start)
+                yield self._bounded(_maybe_async(instance.start))
+            except defer.TimeoutError:
+                raise PluginLoadError(
+                    f"start() did not finish within {self.start_timeout:g} s"
+                ) from None
             except Exception as e:
                 raise PluginLoadError(
                     "start() failed: " + _describe_error(e, self._path(stem))
@@ -566,7 +601,14 @@ class PluginRegistry:
     @defer.inlineCallbacks
     def _stopOne(self, loaded: LoadedPlugin) -> Generator[defer.Deferred[Any], Any, None]:
         try:
-            yield _maybe_async(loaded.stop)
+            yield self._bounded(_maybe_async(loaded.stop))
+        except defer.TimeoutError:
+            log.error(
+                "Plugin {plugin} generation {generation}: stop() did not finish within {timeout} s",
+                plugin=loaded.name,
+                generation=loaded.generation,
+                timeout=self.start_timeout,
+            )
         except Exception:
             log.failure(
                 "Plugin {plugin} generation {generation}: stop() failed",
@@ -641,22 +683,25 @@ class PluginRegistry:
         self,
         params: Mapping[str, Mapping[str, Any]] | None = None,
         config: Any = None,
+        everything: bool = False,
     ) -> defer.Deferred[ReloadReport]:
         """
         Bring the registry in line with the directory (and, when given, new
-        params and config): reload changed plugins, load new files, unload
-        removed ones.  One failure does not stop the others.
+        params and config): reload changed plugins (every plugin, when
+        C{everything}), load new files, unload removed ones.  One failure
+        does not stop the others.
         """
-        return self._lock.run(self._reloadAll, params, config)
+        return self._lock.run(self._reloadAll, params, config, everything)
 
     @defer.inlineCallbacks
     def _reloadAll(
         self,
         params: Mapping[str, Mapping[str, Any]] | None,
         config: Any,
+        everything: bool = False,
     ) -> Generator[defer.Deferred[Any], Any, ReloadReport]:
         oldParams = self._params
-        configChanged = config is not None and config != self._config
+        configChanged = everything or (config is not None and config != self._config)
         if params is not None:
             self._params = params
         if config is not None:

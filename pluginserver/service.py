@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -36,6 +37,17 @@ from pluginserver.tls import TLSConfigError, load_context_factory, tls_endpoint
 from pluginserver.web import PluginServerResource
 
 log = Logger()
+
+
+class _DaemonThreadPool(ThreadPool):
+    """
+    The pool of blocking plugins: its threads do not hold the process
+    open after a stop (a handler that never returns must not stop the
+    server from ending within shutdown_timeout).
+    """
+
+    def threadFactory(self, *args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
+        return threading.Thread(*args, daemon=True, **kwargs)
 
 
 class ListenError(Exception):
@@ -76,9 +88,7 @@ class _Listener(StreamServerEndpointService):
             # the first 100 bytes of the message.
             socketError = getattr(e, "socketError", None)
             reason = getattr(socketError, "strerror", None) or str(e)
-            raise ListenError(
-                f"cannot listen on {self.description}: {reason} ({self.origin})"
-            ) from None
+            raise ListenError(f"{self.description}: {reason} ({self.origin})") from None
 
 
 class PluginServerService(MultiService):
@@ -117,8 +127,12 @@ class PluginServerService(MultiService):
             settings,
             package=package,
             observe=self.metrics.reload_outcome,
+            start_timeout=settings.start_timeout,
+            reactor=reactor,
         )
-        self.threadpool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="pluginserver")
+        self.threadpool = _DaemonThreadPool(
+            minthreads=0, maxthreads=settings.threads, name="pluginserver"
+        )
         self.resource = PluginServerResource(self, reactor, self.threadpool, self.metrics)
         self.site = PluginServerSite(
             self.resource,
@@ -164,13 +178,14 @@ class PluginServerService(MultiService):
 
     @defer.inlineCallbacks
     def reload_all(
-        self,
+        self, everything: bool = False
     ) -> Generator[defer.Deferred[Any], Any, tuple[ReloadReport, dict[str, str]]]:
         """
         Re-read the configuration and the TLS certificates, and reload every
-        plugin that changed.  Fires with C{(report, failures)}: failures
-        maps C{"config"} or a listener to its error; what failed keeps its
-        old state (configuration, certificate) and the rest still reloads.
+        plugin that changed (every plugin, when C{everything}).  Fires with
+        C{(report, failures)}: failures maps C{"config"} or a listener to its
+        error; what failed keeps its old state (configuration, certificate)
+        and the rest still reloads.
         """
         failures: dict[str, str] = {}
         try:
@@ -195,7 +210,7 @@ class PluginServerService(MultiService):
                 else:
                     log.info("Certificate of {listener} reloaded", listener=listener.description)
         report: ReloadReport = yield self._registry.reload_all(
-            self._settings.plugin_params, self._settings
+            self._settings.plugin_params, self._settings, everything
         )
         log.info(
             "Reloaded: {loaded} serving, added {added}, removed {removed}, failed {failed}",
@@ -218,6 +233,7 @@ class PluginServerService(MultiService):
         if new.access_log != old.access_log:
             self.site.set_access_log(new.access_log)
         self._settings = new
+        self._registry.start_timeout = new.start_timeout
         self.resource.configure(new)
 
     def _applyLimits(self, settings: Settings) -> None:
@@ -231,10 +247,10 @@ class PluginServerService(MultiService):
         try:
             super().privilegedStartService()
         except ListenError as e:
-            log.critical("{error}", error=str(e))
+            log.critical("Cannot listen on {error}", error=str(e))
             self._stopListeners()
             if self._exitOnListenError:
-                raise SystemExit(f"pluginserver: {e}") from None
+                raise SystemExit(f"pluginserver: cannot listen on {e}") from None
             raise
 
     def _stopListeners(self) -> None:
@@ -278,8 +294,10 @@ class PluginServerService(MultiService):
             self._previousUsr1(signum, frame)
 
     def _reloadOnHup(self) -> None:
-        log.info("SIGHUP: reloading configuration and plugins")
-        self.reload_all().addErrback(lambda f: log.failure("Reload on SIGHUP failed", f))
+        log.info("SIGHUP: reloading configuration and every plugin")
+        self.reload_all(everything=True).addErrback(
+            lambda f: log.failure("Reload on SIGHUP failed", f)
+        )
 
     @defer.inlineCallbacks
     def stopService(self) -> Generator[defer.Deferred[Any], Any, None]:
@@ -293,7 +311,16 @@ class PluginServerService(MultiService):
         yield self._drain(self._settings.shutdown_timeout)
         yield self._registry.stop_all()
         if self.threadpool.started:
-            self.threadpool.stop()
+            busy = len(self.threadpool.working)
+            if busy:
+                # A blocking handler cannot be interrupted; its threads are
+                # daemonic, so the process ends without waiting for them.
+                log.warn(
+                    "Stopping with {count} blocking handlers still running",
+                    count=busy,
+                )
+            else:
+                self.threadpool.stop()
         log.info("pluginserver stopped")
 
     @defer.inlineCallbacks

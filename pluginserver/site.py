@@ -22,6 +22,7 @@ import re
 import time
 from time import perf_counter as _now
 from typing import Any, Protocol, TextIO
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import ISSLTransport
@@ -58,6 +59,8 @@ URI_TOO_LONG = _raw_response(b"414 URI Too Long", "request line too long")
 HEADERS_TOO_LARGE = _raw_response(
     b"431 Request Header Fields Too Large", "request headers too large"
 )
+
+INTERNAL_ERROR = b'{"error":"internal error"}'
 
 _NO_METHOD_YET = Request.method  # what a request's method is until it is received
 
@@ -205,6 +208,25 @@ class PluginServerRequest(Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def processingFailed(self, reason: Failure) -> Failure:
+        """
+        A failure no layer above caught: logged with its traceback, answered
+        as every error is, in JSON (twisted.web would answer in HTML).
+        """
+        self._log.failure(
+            "Request {method} {path} failed", failure=reason, method=self.method, path=self.path
+        )
+        if self.finished or self.startedWriting:
+            if not self.finished:
+                self.finish()
+            return reason
+        self.setResponseCode(500)
+        _set_default_headers(self.responseHeaders, self.site._date)
+        self.setHeader(b"content-length", b"%d" % (len(INTERNAL_ERROR),))
+        self.write(INTERNAL_ERROR)
+        self.finish()
+        return reason
+
 
 class PluginServerChannel(HTTPChannel):
     """
@@ -304,18 +326,24 @@ class PluginServerChannel(HTTPChannel):
 
 ACCESS_LOG_BUFFER = 65536
 
-_APIKEY = re.compile(rb"((?:^|[?&;])apikey=)[^&;#]*", re.IGNORECASE)
+_SEPARATORS = re.compile(rb"([&;])")
 
 
 def redact(uri: bytes) -> bytes:
     """
     A request URI with the value of every C{apikey} query field replaced by
-    C{REDACTED}: keys never reach a log.
+    C{REDACTED}, however its name is written (C{api%6Bey} is C{apikey} to
+    the server): keys never reach a log.
     """
-    if b"apikey" not in uri.lower():
-        return uri
     path, mark, query = uri.partition(b"?")
-    return path + mark + _APIKEY.sub(rb"\1REDACTED", query)
+    if not query or (b"apikey" not in query.lower() and b"%" not in query):
+        return uri
+    parts = _SEPARATORS.split(query)
+    for index in range(0, len(parts), 2):  # odd indexes are the separators
+        name = parts[index].partition(b"=")[0]
+        if unquote_to_bytes(name.replace(b"+", b" ")).strip().lower() == b"apikey":
+            parts[index] = name + b"=REDACTED"
+    return path + mark + b"".join(parts)
 
 
 class _RedactedURI:
@@ -345,10 +373,9 @@ def redacted_log_line(timestamp: str, request: Any) -> str:
     escaping (nearly all) are written as they are, to the same line, and
     anything else goes through twisted.web's own formatter.
     """
-    uri = request.uri
-    redacted = b"apikey" in uri.lower()
-    if redacted:
-        uri = redact(uri)
+    original = request.uri
+    uri = redact(original)
+    redacted = uri is not original
     address = request.getClientAddress()
     ip = getattr(address, "host", None)
     referrer = request.getHeader(b"referer") or b"-"

@@ -13,6 +13,7 @@ reaches the client.
 from __future__ import annotations
 
 import json
+import math
 import types
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -67,10 +68,12 @@ def _make_encoder() -> Callable[[Any], str]:
     except ImportError:  # pragma: no cover - CPython always has them
         c_make_encoder = None
     if c_make_encoder is None or c_encode_basestring is None:  # pragma: no cover
-        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
     fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    # allow_nan off: NaN and Infinity are not JSON; such a value is
+    # answered like any other that cannot be encoded (500, logged).
     encoder = c_make_encoder(
-        None, fallback.default, c_encode_basestring, None, ":", ",", False, False, True
+        None, fallback.default, c_encode_basestring, None, ":", ",", False, False, False
     )
 
     def encode(value: Any) -> str:
@@ -255,17 +258,49 @@ def parse_arguments(request: HTTPRequest) -> tuple[dict[str, Any], Any, bytes]:
         )
         if looksJSON:
             try:
-                document = json.loads(body)
+                document = _loads(body)
+            except RecursionError:
+                raise BadRequest("JSON body nested too deeply") from None
             except ValueError:
                 if _is_json_type(contentType):
                     raise BadRequest("malformed JSON body") from None
                 document = None
+            if document is not None and not _is_json_type(contentType):
+                # The body was JSON, not the form twisted.web parsed it as:
+                # keep only the query's fields.
+                args = _query_arguments(request)
             if isinstance(document, dict):
-                if not _is_json_type(contentType):
-                    # It was parsed as a form too: drop those keys.
-                    args = {k: v for k, v in args.items() if not k.lstrip().startswith(("{", "["))}
                 args.update(document)
     return args, document, body
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(body: bytes) -> Any:
+    """
+    Parse a JSON body strictly: NaN, Infinity and numbers too large for a
+    float are not JSON, and could not be answered as JSON either.
+    """
+    return json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+
+
+def _query_arguments(request: HTTPRequest) -> dict[str, Any]:
+    query = request.uri.partition(b"?")[2]
+    fields: dict[bytes, list[bytes]] = parse_qs(query, 1) if query else {}
+    return {
+        _decode(key, "argument name"): _decode(values[-1], "argument " + repr(key))
+        for key, values in fields.items()
+        if values
+    }
 
 
 def request_path(request: HTTPRequest) -> tuple[str, bytes]:
@@ -342,7 +377,7 @@ class PluginServerResource(Resource):
 
     def _cors(
         self, request: HTTPRequest, policy: SecurityPolicy, loaded: LoadedPlugin | None
-    ) -> bytes | None:
+    ) -> Any:
         """
         Apply the CORS policy: add its headers, refuse an origin that is not
         allowed, and answer a preflight.  Returns the answer when there is
@@ -364,14 +399,23 @@ class PluginServerResource(Resource):
             for header, value in preflight_headers(methods):
                 headers.setRawHeaders(header, [value])
             request.setResponseCode(204)
-            headers.removeHeader(b"content-type")
-            return b""
+            return _empty(request)
         return None
 
     def _utilityRoute(self, request: PluginServerRequest, policy: SecurityPolicy, name: str) -> Any:
         # Klein finds its routes in postpath, which our Request leaves
         # empty: no plugin route needs it.
         request.postpath = [unquote_to_bytes(segment) for segment in request.path[1:].split(b"/")]
+        try:
+            for segment in request.postpath:
+                segment.decode("utf-8")
+        except UnicodeDecodeError:
+            # Klein would answer this in plain text.
+            return self._answer(request, 400, error_body("invalid UTF-8 in path"))
+        if name == "reload" and request.method not in (b"GET", b"POST"):
+            # A reload changes state: not on HEAD, whatever GET allows.
+            request.setHeader(b"allow", b"GET, POST")
+            return self._answer(request, 405, error_body("method not allowed"))
         public = name == "metrics" and self._runtime.settings.metrics_public
         if name in RESERVED_NAMES and policy.apikey is not None and not public:
             try:
@@ -400,7 +444,8 @@ class PluginServerResource(Resource):
             # Twisted merges the query and a POST form into request.args,
             # query first: tell them apart, the query may not be allowed.
             query = request.uri.partition(b"?")[2]
-            fromQuery = parse_qs(query).get(b"apikey", []) if query else []
+            # Blank values count: twisted.web kept them in request.args.
+            fromQuery = parse_qs(query, 1).get(b"apikey", []) if query else []
             if fromQuery:
                 queryKey = fromQuery[0].decode("utf-8", "replace")
         if request.method == b"POST":
@@ -414,7 +459,7 @@ class PluginServerResource(Resource):
         given = find_key(request.requestHeaders, queryKey, bodyKey, policy.allow_query_key)
         return keys_match(given, expected)
 
-    def _unauthorized(self, request: HTTPRequest) -> bytes:
+    def _unauthorized(self, request: HTTPRequest) -> Any:
         request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
         return self._answer(request, 401, error_body("unauthorized"))
 
@@ -476,7 +521,7 @@ class PluginServerResource(Resource):
             return self._wait(request, loaded, result)
         return self._result(request, loaded, result)
 
-    def _result(self, request: HTTPRequest, loaded: LoadedPlugin, result: Any) -> bytes:
+    def _result(self, request: HTTPRequest, loaded: LoadedPlugin, result: Any) -> Any:
         status = 200
         if type(result) is tuple and len(result) == 2 and type(result[0]) is int:
             status, result = result
@@ -487,8 +532,10 @@ class PluginServerResource(Resource):
             return self._answer(request, 500, error_body("internal error"))
         return self._answer(request, status, body)
 
-    def _answer(self, request: HTTPRequest, status: int, body: bytes) -> bytes:
+    def _answer(self, request: HTTPRequest, status: int, body: bytes) -> Any:
         request.setResponseCode(status)
+        if status in _NO_BODY:
+            return _empty(request)
         if request.method == b"HEAD":
             request.setHeader(b"content-length", b"%d" % (len(body),))
             return b""
@@ -546,7 +593,9 @@ class PluginServerResource(Resource):
         d.addCallbacks(succeeded, failed)
         return NOT_DONE_YET
 
-    def _finish(self, request: HTTPRequest, body: bytes) -> None:
+    def _finish(self, request: HTTPRequest, body: Any) -> None:
+        if body is NOT_DONE_YET:
+            return  # already finished, without a body
         if request.method != b"HEAD":
             request.setHeader(b"content-length", b"%d" % (len(body),))
         request.write(body)
@@ -563,6 +612,20 @@ class PluginServerResource(Resource):
             method=request.method.decode("latin-1"),
             path=request.path.decode("latin-1"),
         )
+
+
+_NO_BODY = frozenset({204, 304})
+
+
+def _empty(request: HTTPRequest) -> Any:
+    """
+    Finish an answer that has no body and so no Content-Length or
+    Content-Type either (204, 304): twisted.web would send a length for the
+    body it then drops.
+    """
+    request.responseHeaders.removeHeader(b"content-type")
+    request.finish()
+    return NOT_DONE_YET
 
 
 def _json(request: Any, status: int, value: Any) -> bytes:

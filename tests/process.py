@@ -101,7 +101,9 @@ class Server:
         """
         base = (
             f"[server]\nlisten = {self.listen}\n"
-            "shutdown_timeout = float:5\n" + self.server_keys + "[paths]\nplugins = plugins\n"
+            + ("" if "shutdown_timeout" in self.server_keys else "shutdown_timeout = float:5\n")
+            + self.server_keys
+            + "[paths]\nplugins = plugins\n"
         )
         with open(self.config, "w") as f:
             f.write(base + textwrap.dedent(ini))

@@ -433,6 +433,7 @@ KNOWN: Mapping[tuple[str, str], str] = {
     ("server", "idle_timeout"): "idle_timeout",
     ("server", "header_timeout"): "header_timeout",
     ("server", "shutdown_timeout"): "shutdown_timeout",
+    ("server", "start_timeout"): "start_timeout",
     ("server", "threads"): "threads",
     ("server", "allowed_hosts"): "allowed_hosts",
     ("server", "log_format"): "log_format",

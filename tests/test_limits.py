@@ -318,3 +318,23 @@ class UnderLoadTests(TestCase):
         status = yield server.wait_exit()
         self.assertEqual(status, -15)
         self.assertNotIn("Traceback", server.log())
+
+
+class StopWithBlockingHandlerTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_sigtermDoesNotWaitForABlockedThread(self) -> Any:
+        server = Server(self, server="shutdown_timeout = float:1\n")
+        server.write_plugin("slow", SLOW.replace("BLOCKING", "True"))
+        yield server.start()
+        stuck = server.get("/slow?s=20")
+        stuck.addErrback(lambda failure: None)  # the connection goes with the server
+        yield sleep(0.5)
+        started = time.monotonic()
+        server.signal(15)
+        status = yield server.wait_exit(timeout=15)
+        self.assertEqual(status, -15)
+        self.assertLess(time.monotonic() - started, 6)
+        self.assertIn("blocking handlers still running", server.log())
+        yield stuck

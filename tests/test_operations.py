@@ -345,3 +345,12 @@ class AccessLineTests(TestCase):
             line = redacted_log_line(stamp, self.request(b"/h?apikey=SECRET&a=1", agent))
             self.assertIn("/h?apikey=REDACTED&a=1", line)
             self.assertNotIn("SECRET", line)
+        # The server decodes field names: so does the redaction.
+        for uri, shown in [
+            (b"/h?api%6Bey=SECRET", "/h?api%6Bey=REDACTED"),
+            (b"/h?a=1;APIKEY=SECRET&b=2", "/h?a=1;APIKEY=REDACTED&b=2"),
+            (b"/h?+apikey=SECRET", "/h?+apikey=REDACTED"),
+        ]:
+            line = redacted_log_line(stamp, self.request(uri, b"plain"))
+            self.assertIn(shown, line)
+            self.assertNotIn("SECRET", line)

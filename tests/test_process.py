@@ -101,6 +101,9 @@ class ProcessTests(TestCase):
             yield sleep(0.05)
         self.assertEqual(body, {"version": 3, "param": "hup"})
         self.assertEqual(server.pid(), pid)
+        # SIGHUP reloads every plugin, changed or not.
+        status, body = yield server.get("/plugins")
+        self.assertEqual(body["plugins"]["added"]["generation"], 2)
 
         # SIGTERM: plugins' stop() ran (one per generation), the exit is
         # the signal's, no traceback.

@@ -513,3 +513,89 @@ class RestoreTests(TestCase):
         self.assertEqual(report.failed, {})
         self.assertEqual(answer(registry, "p"), {"custom": 2})
         self.assertEqual(registry.get("p").generation, 2)  # type: ignore[union-attr]
+
+
+WORDY = """
+from twisted.internet import defer
+from pluginserver import Plugin
+
+class W(Plugin):
+    def start(self):
+        return self.config.get("gate")
+
+    def handle(self, request):
+        return self.word()
+
+    def word(self):
+        return WORD
+"""
+
+
+class GenerationIsolationTests(TestCase):
+    @defer.inlineCallbacks
+    def test_oldGenerationKeepsItsMethodsWhileTheNewOneStarts(self) -> Any:
+        """
+        rebuild moves instances to the new class; the serving instance is
+        moved back, so requests on it (and those arriving while the new
+        generation's start() runs) run its own code.
+        """
+        plugins = PluginDir(self)
+        record: dict[str, Any] = {"gate": None}
+        plugins.write("w", WORDY.replace("return WORD", "return 'old'"))
+        registry = plugins.registry(self, config=record)
+        yield registry.load_all()
+        old = registry.get("w")
+        assert old is not None
+        record["gate"] = defer.Deferred()
+        plugins.write("w", WORDY.replace("return WORD", "return 'new'"))
+        reloading = registry.reload("w")
+        self.assertNoResult(reloading)
+        self.assertEqual(answer(registry, "w"), "old")
+        self.assertEqual(old.handle(GET), "old")
+        record["gate"].callback(None)
+        outcome = yield reloading
+        self.assertTrue(outcome.success)
+        self.assertEqual(answer(registry, "w"), "new")
+        self.assertEqual(old.handle(GET), "old")
+
+    @defer.inlineCallbacks
+    def test_moduleWithAFrozenDataclassReloads(self) -> Any:
+        plugins = PluginDir(self)
+        source = (
+            "from dataclasses import dataclass\n"
+            "from pluginserver import Plugin\n"
+            "@dataclass(frozen=True)\n"
+            "class Opts:\n    word: str = WORD\n"
+            "DEFAULTS = Opts()\n"
+            "class F(Plugin):\n"
+            "    def handle(self, request):\n        return DEFAULTS.word\n"
+        )
+        plugins.write("fz", "WORD = 'one'\n" + source)
+        registry = plugins.registry(self)
+        yield registry.load_all()
+        plugins.write("fz", "WORD = 'two'\n" + source)
+        outcome = yield registry.reload("fz")
+        self.assertTrue(outcome.success, outcome.error)
+        self.assertEqual(answer(registry, "fz"), "two")
+        self.assertFalse(components.ALLOW_DUPLICATES)
+
+    @defer.inlineCallbacks
+    def test_startThatNeverFinishesIsCutOff(self) -> Any:
+        plugins = PluginDir(self)
+        plugins.write("ok", plugin_source("'ok'"))
+        plugins.write(
+            "hang",
+            "from twisted.internet import defer\n"
+            "from pluginserver import Plugin\n"
+            "class H(Plugin):\n"
+            "    def start(self):\n        return defer.Deferred()\n"
+            "    def handle(self, request):\n        return 1\n",
+        )
+        registry = plugins.registry(self)
+        registry.start_timeout = 0.2
+        report = yield registry.load_all()
+        self.assertEqual(report.failed, {"hang": "start() did not finish within 0.2 s"})
+        # The lock is free again: later reloads run.
+        plugins.remove("hang")
+        outcome = yield registry.reload("ok")
+        self.assertTrue(outcome.success)

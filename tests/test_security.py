@@ -307,3 +307,19 @@ class DefaultPortOriginTests(ServerCase):
         self.assertEqual(
             headers.getRawHeaders("access-control-allow-origin"), ["https://a.example"]
         )
+
+
+class QueryKeySmugglingTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_blankQueryValueDoesNotTurnAQueryKeyIntoABodyKey(self) -> Any:
+        """
+        twisted.web keeps blank query values in request.args; a query key
+        must not pass as a body key by shifting the count.
+        """
+        self.dir.write("p", ARGS)
+        yield self.serve(apikey=KEY)
+        for path in ("/p", "/plugins", "/reload/all"):
+            status, _, _ = yield self.call("POST", f"{path}?apikey=&apikey={KEY}")
+            self.assertEqual(status, 401, path)
+            status, _, _ = yield self.call("POST", f"{path}?apikey=&apikey={KEY}", data={"x": "1"})
+            self.assertEqual(status, 401, path)

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from tests.helpers import ServerCase, plugin_source
+from tests.helpers import URL, ServerCase, plugin_source
 
 ECHO = """
 from pluginserver import Plugin
@@ -326,3 +326,69 @@ class GenerationLeakTests(ServerCase):
         gc.collect()
         alive = [o for o in gc.get_objects() if type(o).__name__ == "Kept"]
         self.assertEqual(len(alive), 1)
+
+
+class BadInputTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_deepJSONIs400(self) -> Any:
+        self.dir.write("echo", ECHO)
+        yield self.serve()
+        deep = b"[" * 5000 + b"]" * 5000
+        for contentType in ("application/json", "application/x-www-form-urlencoded"):
+            status, _, body = yield self.call(
+                "POST", "/echo", data=deep, headers={"content-type": contentType}
+            )
+            self.assertEqual((status, body), (400, {"error": "JSON body nested too deeply"}))
+
+    @defer.inlineCallbacks
+    def test_nonFiniteNumbersAreNotJSON(self) -> Any:
+        self.dir.write("echo", ECHO)
+        self.dir.write("nan", plugin_source("{'x': float('nan')}"))
+        yield self.serve()
+        for body in (b'{"a": 1e999}', b'{"a": NaN}', b"[Infinity]"):
+            status, _, answer = yield self.call(
+                "POST", "/echo", data=body, headers={"content-type": "application/json"}
+            )
+            self.assertEqual((status, answer), (400, {"error": "malformed JSON body"}), body)
+        status, _, answer = yield self.call("GET", "/nan")
+        self.assertEqual((status, answer), (500, {"error": "internal error"}))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    @defer.inlineCallbacks
+    def test_curlStyleJSONKeepsOnlyItsOwnFields(self) -> Any:
+        self.dir.write("echo", ECHO)
+        yield self.serve()
+        _, _, body = yield self.call(
+            "POST",
+            "/echo?q=1",
+            data=b'{"note": "fish&chips=yes"}',
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        self.assertEqual(body["args"], {"q": "1", "note": "fish&chips=yes"})
+
+    @defer.inlineCallbacks
+    def test_noContentHasNoBodyHeaders(self) -> Any:
+        self.dir.write("nothing", plugin_source("(204, None)"))
+        yield self.serve()
+        response = yield self.client.request("POST", URL + "/nothing")
+        raw = yield response.content()
+        self.assertEqual((response.code, raw), (204, b""))
+        self.assertIsNone(response.headers.getRawHeaders("content-length"))
+        self.assertIsNone(response.headers.getRawHeaders("content-type"))
+
+    @defer.inlineCallbacks
+    def test_invalidUTF8OutsidePluginsIsJSON400(self) -> Any:
+        yield self.serve()
+        for path in ("/%ff", "/reload/%ff", "/plugins%ff"):
+            status, _, body = yield self.call("GET", path)
+            self.assertEqual((status, body), (400, {"error": "invalid UTF-8 in path"}), path)
+
+    @defer.inlineCallbacks
+    def test_headDoesNotReload(self) -> Any:
+        self.dir.write("p", plugin_source("1"))
+        yield self.serve()
+        for path in ("/reload/p", "/reload/all"):
+            status, headers, _ = yield self.call("HEAD", path)
+            self.assertEqual(status, 405)
+            self.assertEqual(headers.getRawHeaders("allow"), ["GET, POST"])
+        self.assertEqual(self.registry.get("p").generation, 1)  # type: ignore[union-attr]
