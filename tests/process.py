@@ -70,6 +70,7 @@ class Server:
         listen: str | None = None,
         trust: bytes | None = None,
         server: str = "",
+        environ: dict[str, str] | None = None,
     ) -> None:
         self.case = case
         self.dir = os.path.abspath(case.mktemp())
@@ -84,6 +85,7 @@ class Server:
         self.listen = (listen or "tcp:{port}:interface=127.0.0.1").format(port=self.port)
         self.trust = trust
         self.server_keys = textwrap.dedent(server)
+        self.environ = {**os.environ, **(environ or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.write_config(ini)
         case.addCleanup(self.kill)
@@ -135,6 +137,7 @@ class Server:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=self.environ,
         )
         return self.process
 

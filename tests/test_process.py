@@ -176,3 +176,26 @@ class StartupFailureTests(TestCase):
         self.assertIn(f"cannot listen on tcp:{server.port}:interface=127.0.0.1", output)
         self.assertIn("Address already in use", output)
         self.assertNotIn("Traceback", output)
+
+
+class DeprecationTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_noDeprecatedAPIAtRuntime(self) -> Any:
+        """
+        With every DeprecationWarning an error, the server starts, serves,
+        reloads and stops without one.
+        """
+        server = Server(self, environ={"PYTHONWARNINGS": "error::DeprecationWarning"})
+        server.write_plugin("hello", HELLO)
+        yield server.start()
+        status, _ = yield server.get("/hello")
+        self.assertEqual(status, 200)
+        status, _ = yield server.get("/reload/all")
+        self.assertEqual(status, 200)
+        status, _ = yield server.get("/nowhere")
+        self.assertEqual(status, 404)
+        self.assertEqual((yield server.stop()), -signal.SIGTERM)
+        self.assertNotIn("Warning", server.log())
+        self.assertNotIn("Traceback", server.log())
