@@ -95,6 +95,8 @@ class LoadedPlugin:
     methods: frozenset[str]
     blocking: bool
     source_hash: str
+    auth_mode: str = "global"
+    own_key: str | None = None
 
     @property
     def auth(self) -> str:
@@ -102,7 +104,7 @@ class LoadedPlugin:
         The plugin's auth mode from its params: C{global}, C{plugin} or
         C{none}; C{global} when not given.
         """
-        return str(self.params.get("auth", "global"))
+        return self.auth_mode
 
     def describe(self) -> dict[str, Any]:
         """
@@ -583,6 +585,10 @@ class PluginRegistry:
             methods=frozenset(methods),
             blocking=bool(cls.blocking),
             source_hash=digest,
+            auth_mode=str(params.get("auth", "global")),
+            own_key=(str(params.get("apikey") or "") or None)
+            if params.get("auth") == "plugin"
+            else None,
         )
         if previous is not None and previous.name != name:
             del self._byName[previous.name]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 import attr
 
@@ -219,20 +219,6 @@ class SecurityPolicy:
                 ),
             )
         return CORSDecision(False)
-
-    def required_key(self, params: Mapping[str, Any]) -> str | None:
-        """
-        The key a plugin with these params needs: its own (C{auth=plugin}),
-        none (C{auth=none}), or the global one (C{auth=global}, or no auth
-        param), which may itself be absent.
-        """
-        mode = params.get("auth", "global")
-        if mode == "none":
-            return None
-        if mode == "plugin":
-            key = params.get("apikey")
-            return str(key) if key else None
-        return self.apikey
 
 
 def preflight_headers(methods: Iterable[str]) -> tuple[tuple[bytes, bytes], ...]:

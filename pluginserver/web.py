@@ -353,7 +353,8 @@ class PluginServerResource(Resource):
         policy = self._policy
         if policy.allowed_hosts is not None and not policy.host_allowed(request.getHeader(b"host")):
             return self._answer(request, 400, error_body("host not allowed"))
-        client = self._client(request, policy)
+        peer = getattr(request.client, "host", "")  # the peer's address; a unix: peer has none
+        client = peer if not policy.trusted_proxies else self._client(request, policy)
         # A client on a unix: socket has no address: it is local, and the
         # socket file's permissions say who may connect.
         if policy.access_allow is not None and client and not policy.address_allowed(client):
@@ -482,7 +483,8 @@ class PluginServerResource(Resource):
             subpath = _decode(unquote_to_bytes(rest), "path") if rest else ""
         except BadRequest as e:
             return self._answer(request, 400, error_body(str(e)))
-        expected = policy.required_key(loaded.params)
+        # Per plugin: its own key, none, or the global one (which may be unset).
+        expected = policy.apikey if loaded.auth_mode == "global" else loaded.own_key
         if expected is not None and not self._authorized(request, policy, expected, document):
             return self._unauthorized(request)
         if "apikey" in args:

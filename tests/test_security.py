@@ -260,14 +260,6 @@ class PolicyTests(SynchronousTestCase):
         self.assertFalse(policy.address_allowed("2001:db9::5"))
         self.assertFalse(policy.address_allowed("not an address"))
 
-    def test_requiredKey(self) -> None:
-        policy = SecurityPolicy(apikey="g")
-        self.assertEqual(policy.required_key({}), "g")
-        self.assertEqual(policy.required_key({"auth": "global"}), "g")
-        self.assertEqual(policy.required_key({"auth": "plugin", "apikey": "p"}), "p")
-        self.assertIsNone(policy.required_key({"auth": "none"}))
-        self.assertIsNone(SecurityPolicy().required_key({}))
-
 
 class OtherMethodKeyTests(ServerCase):
     @defer.inlineCallbacks
