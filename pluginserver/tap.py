@@ -15,7 +15,6 @@ import os
 import sys
 from typing import Any, ClassVar, NoReturn, TextIO
 
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import formatEvent, jsonFileLogObserver
 from twisted.python import usage
 from twisted.python.logfile import LogFile
@@ -23,7 +22,7 @@ from twisted.python.logfile import LogFile
 from pluginserver.config import ConfigError, Settings, load_settings
 from pluginserver.registry import PluginRegistry
 from pluginserver.service import PluginServerService
-from pluginserver.tls import describe_endpoint_error, is_tls, load_context_factory
+from pluginserver.tls import is_tls, listener_problem
 
 
 class Options(usage.Options):
@@ -80,16 +79,9 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         for description in settings.listen:
-            try:
-                if is_tls(description):
-                    # Loads key and certificate and checks they match.
-                    load_context_factory(reactor, description)
-                else:
-                    serverFromString(reactor, description)
-            except Exception as e:
-                _fail(
-                    f"{_origin(settings)}: {description}: {describe_endpoint_error(description, e)}"
-                )
+            problem = listener_problem(reactor, description)
+            if problem is not None:
+                _fail(f"{_origin(settings)}: {description}: {problem}")
         self["settings"] = settings
         if self["check"]:
             raise SystemExit(check(settings, sys.stdout))
@@ -133,16 +125,10 @@ def check(settings: Settings, out: TextIO) -> int:
     problems = 0
     out.write(f"config {settings.path}: ok\n")
     for description in settings.listen:
-        try:
-            if is_tls(description):
-                load_context_factory(reactor, description)
-            else:
-                serverFromString(reactor, description)
-        except Exception as e:
+        problem = listener_problem(reactor, description)
+        if problem is not None:
             problems += 1
-            out.write(
-                f"listener {description}: FAILED: {describe_endpoint_error(description, e)}\n"
-            )
+            out.write(f"listener {description}: FAILED: {problem}\n")
         else:
             kind = "TLS" if is_tls(description) else "plain"
             out.write(f"listener {description}: ok ({kind})\n")

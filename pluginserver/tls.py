@@ -26,6 +26,22 @@ class TLSConfigError(Exception):
     """
 
 
+def listener_problem(reactor: Any, description: str) -> str | None:
+    """
+    What is wrong with a listener's endpoint string, in words, or L{None}:
+    the string is parsed as Twisted will parse it, and for C{ssl:} the key
+    and certificate are loaded and matched, without listening.
+    """
+    try:
+        if is_tls(description):
+            load_context_factory(reactor, description)
+        else:
+            serverFromString(reactor, description)
+    except Exception as e:
+        return describe_endpoint_error(description, e)
+    return None
+
+
 def describe_endpoint_error(description: str, e: Exception) -> str:
     """
     Say what is wrong with a listener's endpoint string in words.
