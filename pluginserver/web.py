@@ -359,12 +359,7 @@ class PluginServerResource(Resource):
         # socket file's permissions say who may connect.
         if policy.access_allow is not None and client and not policy.address_allowed(client):
             return self._answer(request, 403, error_body("forbidden"))
-        path: bytes = request.path
-        slash = path.find(b"/", 1)
-        if slash == -1:
-            name, rest = path[1:].decode("latin-1"), b""
-        else:
-            name, rest = path[1:slash].decode("latin-1"), path[slash + 1 :]
+        name, rest = request_path(request)
         loaded = self._lookup(name)
         # The route label of this request's metrics (the site counts it).
         request.route = name if loaded is not None or name in RESERVED_NAMES else "other"
