@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 import psutil  # type: ignore[import-untyped]
@@ -234,6 +235,30 @@ def rss_mb(pid: int) -> float:
     Resident memory of a process, in MB (10^6 bytes).
     """
     return float(psutil.Process(pid).memory_info().rss) / 1e6
+
+
+def run_with_processes(script: str, keep: bool, body: Callable[[Processes, str], int]) -> int:
+    """
+    Run C{body(processes, workdir)} and, whatever happens, stop every
+    process it started and remove its temporary directory (unless C{keep}).
+    Returns the exit status: C{body}'s, or 2 on a L{BenchError}.
+    """
+    processes = Processes()
+    workdir = tempfile.mkdtemp(prefix=f"pluginserver-{script}-")
+    try:
+        return body(processes, workdir)
+    except BenchError as e:
+        print(f"bench/{script}.py: {e}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, SystemExit):
+        print(f"bench/{script}.py: interrupted; stopping what it started", file=sys.stderr)
+        raise
+    finally:
+        processes.stop_all()
+        if keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def server_cpus() -> tuple[int | None, int | None]:

@@ -27,11 +27,9 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +42,7 @@ from _harness import (
     free_port,
     http_get,
     log_tail,
+    run_with_processes,
     twistd,
     wait_until_serving,
     write_config,
@@ -165,22 +164,9 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    processes = Processes()
-    workdir = tempfile.mkdtemp(prefix="pluginserver-reload-memory-")
-    try:
-        return _run(args, processes, workdir)
-    except BenchError as e:
-        print(f"bench/reload_memory.py: {e}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, SystemExit):
-        print("bench/reload_memory.py: interrupted; stopping the server", file=sys.stderr)
-        raise
-    finally:
-        processes.stop_all()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_with_processes(
+        "reload_memory", args.keep, lambda processes, workdir: _run(args, processes, workdir)
+    )
 
 
 def _run(args: argparse.Namespace, processes: Processes, workdir: str) -> int:

@@ -36,7 +36,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -54,6 +53,7 @@ from _harness import (
     log_tail,
     pinned,
     rss_mb,
+    run_with_processes,
     server_cpus,
     twistd,
     wait_until_serving,
@@ -389,22 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench/run.py: {e}", file=sys.stderr)
         return 2
     serverCpu, wrkCpu = server_cpus()
-    processes = Processes()
-    workdir = tempfile.mkdtemp(prefix="pluginserver-bench-")
-    try:
-        return _run(args, processes, workdir, serverCpu, wrkCpu)
-    except BenchError as e:
-        print(f"bench/run.py: {e}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, SystemExit):
-        print("bench/run.py: interrupted; stopping the servers", file=sys.stderr)
-        raise
-    finally:
-        processes.stop_all()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_with_processes(
+        "run",
+        args.keep,
+        lambda processes, workdir: _run(args, processes, workdir, serverCpu, wrkCpu),
+    )
 
 
 def _run(
