@@ -237,12 +237,18 @@ def rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 1e6
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_with_processes(script: str, keep: bool, body: Callable[[Processes, str], int]) -> int:
     """
     Run C{body(processes, workdir)} and, whatever happens, stop every
     process it started and remove its temporary directory (unless C{keep}).
     Returns the exit status: C{body}'s, or 2 on a L{BenchError}.
     """
+    # SIGTERM becomes an exception, so the finally clause stops the servers.
+    signal.signal(signal.SIGTERM, _terminate)
     processes = Processes()
     workdir = tempfile.mkdtemp(prefix=f"pluginserver-{script}-")
     try:

@@ -27,7 +27,6 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -157,13 +156,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
     return run_with_processes(
         "reload_memory", args.keep, lambda processes, workdir: _run(args, processes, workdir)
     )
