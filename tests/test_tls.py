@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import ssl
+import tempfile
 import warnings
 from typing import Any
 
@@ -214,10 +215,15 @@ class ListenerMixTests(TestCase):
         from tests.process import free_port
 
         tlsPort = free_port()
+        # A unix socket path is limited to 107 bytes: the test's own
+        # directory may be deeper than that, wherever CI clones the project.
+        socketDir = tempfile.mkdtemp(prefix="ps")
+        self.addCleanup(shutil.rmtree, socketDir, True)
+        socketPath = os.path.join(socketDir, "ps.sock")
         listen = (
             "tcp:{port}:interface=127.0.0.1 "
             f"ssl:{tlsPort}:interface=127.0.0.1:privateKey=server.key:certKey=server.crt "
-            "unix:ps.sock"
+            f"unix:{socketPath}"
         )
         server = Server(
             self,
@@ -234,7 +240,7 @@ class ListenerMixTests(TestCase):
         def overUnix() -> bytes:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(5)
-                s.connect(os.path.join(server.dir, "ps.sock"))
+                s.connect(socketPath)
                 s.sendall(b"GET /hello?name=unix HTTP/1.0\r\nHost: localhost\r\n\r\n")
                 chunks = []
                 while chunk := s.recv(4096):
