@@ -220,6 +220,41 @@ class SecurityPolicy:
             )
         return CORSDecision(False)
 
+    def cross_site(self, origin: bytes | None, fetch_site: bytes | None, own: bytes | None) -> bool:
+        """
+        Whether a browser sent this request on behalf of a page of another
+        site, which CORS does not allow: such a request may not act (reload
+        plugins, post to them) even when no key is configured, since the
+        browser of a local user would otherwise do it for any web page.
+
+        @param origin: the C{Origin} header, or L{None}.
+        @param fetch_site: the C{Sec-Fetch-Site} header, or L{None}.
+        @param own: this server's origin as the request names it
+            (C{scheme://Host}), or L{None} when it has no C{Host}.
+        """
+        if origin is not None and self.cors_enabled and self.cors(origin).allowed:
+            return False
+        if fetch_site is not None and fetch_site.strip().lower() == b"cross-site":
+            return True
+        if origin is None:
+            return False
+        return own is None or _origin_key(origin) != _origin_key(own)
+
+
+_DEFAULT_PORTS = ((b"http://", b":80"), (b"https://", b":443"))
+
+
+def _origin_key(origin: bytes) -> bytes:
+    """
+    An origin (C{scheme://host[:port]}) in the one spelling two equal
+    origins share: lower case, no trailing slash, no default port.
+    """
+    text = origin.strip().lower().rstrip(b"/")
+    for scheme, port in _DEFAULT_PORTS:
+        if text.startswith(scheme) and text.endswith(port):
+            return text[: -len(port)]
+    return text
+
 
 def preflight_headers(methods: Iterable[str]) -> tuple[tuple[bytes, bytes], ...]:
     """

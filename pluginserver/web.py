@@ -17,7 +17,6 @@ import math
 import types
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet import defer
@@ -30,6 +29,7 @@ from twisted.web.http import parse_qs  # bytes in, bytes out: any octets
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from pluginserver.config import Settings
 from pluginserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -49,6 +49,7 @@ from pluginserver.security import (
     keys_match,
     preflight_headers,
 )
+from pluginserver.target import BadTarget, Target, parse_path, split_absolute
 
 if TYPE_CHECKING:
     from pluginserver.site import PluginServerRequest
@@ -89,6 +90,7 @@ _encode = _make_encoder()
 _JSON = b"application/json"
 _FORM = b"application/x-www-form-urlencoded"
 _UTILITY_METHODS = frozenset({"GET", "HEAD", "POST"})
+_SAFE = frozenset({b"GET", b"HEAD"})
 _METHODS = {
     m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 }
@@ -303,17 +305,6 @@ def _query_arguments(request: HTTPRequest) -> dict[str, Any]:
     }
 
 
-def request_path(request: HTTPRequest) -> tuple[str, bytes]:
-    """
-    Split the request path into its first segment and the raw rest.
-    """
-    path: bytes = request.path
-    slash = path.find(b"/", 1)
-    if slash == -1:
-        return path[1:].decode("latin-1"), b""
-    return path[1:slash].decode("latin-1"), path[slash + 1 :]
-
-
 class PluginServerResource(Resource):
     """
     The root of the site.  Plugin routes are dispatched here directly (a
@@ -351,7 +342,23 @@ class PluginServerResource(Resource):
         # carries (JSON content type, nosniff, no-store).  This is the path
         # of every request: each check costs only when it is configured.
         policy = self._policy
-        if policy.allowed_hosts is not None and not policy.host_allowed(request.getHeader(b"host")):
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        if request.path[:1] != b"/":
+            absolute = split_absolute(request.path)
+            if absolute is None:
+                return self._answer(request, 400, error_body("bad request target"))
+            # RFC 9112 §3.2.2: the target's host replaces any Host header.
+            host, request.path = absolute
+            hosts = [host]
+            request.requestHeaders.setRawHeaders(b"host", hosts)
+        elif hosts is None:
+            if request.clientproto != b"HTTP/1.0":
+                return self._answer(request, 400, error_body("missing Host header"))
+        elif len(hosts) != 1:
+            return self._answer(request, 400, error_body("more than one Host header"))
+        if policy.allowed_hosts is not None and not policy.host_allowed(
+            hosts[0] if hosts else None
+        ):
             return self._answer(request, 400, error_body("host not allowed"))
         peer = getattr(request.client, "host", "")  # the peer's address; a unix: peer has none
         client = peer if not policy.trusted_proxies else self._client(request, policy)
@@ -359,7 +366,14 @@ class PluginServerResource(Resource):
         # socket file's permissions say who may connect.
         if policy.access_allow is not None and client and not policy.address_allowed(client):
             return self._answer(request, 403, error_body("forbidden"))
-        name, rest = request_path(request)
+        try:
+            # The one view of the path: the checks below and the dispatch
+            # all use this name and subpath, never the raw path again.
+            target = parse_path(request.path)
+        except BadTarget as e:
+            request.route = "other"
+            return self._answer(request, e.status, error_body(e.message))
+        name = target.name
         loaded = self._lookup(name)
         # The route label of this request's metrics (the site counts it).
         request.route = name if loaded is not None or name in RESERVED_NAMES else "other"
@@ -367,9 +381,27 @@ class PluginServerResource(Resource):
             preflight = self._cors(request, policy, loaded)
             if preflight is not None:
                 return preflight
+        # A page of another site may read what CORS lets it, but never
+        # act: no utility route, no plugin method that changes state.
+        guarded = name in RESERVED_NAMES if loaded is None else request.method not in _SAFE
+        if guarded and self._crossSite(request, policy):
+            return self._answer(request, 403, error_body("cross-site request refused"))
         if loaded is None:
-            return self._utilityRoute(request, policy, name)
-        return self._dispatch(request, loaded, rest, policy, client)
+            return self._utilityRoute(request, policy, target)
+        return self._dispatch(request, loaded, target.subpath, policy, client)
+
+    def _crossSite(self, request: HTTPRequest, policy: SecurityPolicy) -> bool:
+        headers = request.requestHeaders
+        origin = headers.getRawHeaders(b"origin")
+        fetchSite = headers.getRawHeaders(b"sec-fetch-site")
+        if origin is None and fetchSite is None:
+            return False  # not a browser's cross-origin request
+        scheme = b"https" if request.isSecure() else b"http"
+        host = request.getHeader(b"host")
+        own = scheme + b"://" + host if host is not None else None
+        return policy.cross_site(
+            origin[0] if origin else None, fetchSite[0] if fetchSite else None, own
+        )
 
     def _cors(
         self, request: HTTPRequest, policy: SecurityPolicy, loaded: LoadedPlugin | None
@@ -398,22 +430,22 @@ class PluginServerResource(Resource):
             return _empty(request)
         return None
 
-    def _utilityRoute(self, request: PluginServerRequest, policy: SecurityPolicy, name: str) -> Any:
-        # Klein finds its routes in postpath, which our Request leaves
-        # empty: no plugin route needs it.
-        request.postpath = [unquote_to_bytes(segment) for segment in request.path[1:].split(b"/")]
-        try:
-            for segment in request.postpath:
-                segment.decode("utf-8")
-        except UnicodeDecodeError:
-            # Klein would answer this in plain text.
-            return self._answer(request, 400, error_body("invalid UTF-8 in path"))
+    def _utilityRoute(
+        self, request: PluginServerRequest, policy: SecurityPolicy, target: Target
+    ) -> Any:
+        name = target.name
+        if name not in RESERVED_NAMES:
+            return self._answer(request, 404, error_body("not found"))
+        # Klein routes on postpath (which our Request leaves empty): give it
+        # the segments the checks here were made on, already decoded and
+        # free of empty, dot and slash-bearing segments.
+        request.postpath = [segment.encode("utf-8") for segment in target.segments]
         if name == "reload" and request.method not in (b"GET", b"POST"):
             # A reload changes state: not on HEAD, whatever GET allows.
             request.setHeader(b"allow", b"GET, POST")
             return self._answer(request, 405, error_body("method not allowed"))
         public = name == "metrics" and self._runtime.settings.metrics_public
-        if name in RESERVED_NAMES and policy.apikey is not None and not public:
+        if policy.apikey is not None and not public:
             try:
                 _, document, _ = parse_arguments(request)
             except BadRequest as e:
@@ -465,7 +497,7 @@ class PluginServerResource(Resource):
         self,
         request: HTTPRequest,
         loaded: LoadedPlugin,
-        rest: bytes,
+        subpath: str,
         policy: SecurityPolicy,
         client: str,
     ) -> Any:
@@ -475,7 +507,6 @@ class PluginServerResource(Resource):
             return self._answer(request, 405, error_body("method not allowed"))
         try:
             args, document, body = parse_arguments(request)
-            subpath = _decode(unquote_to_bytes(rest), "path") if rest else ""
         except BadRequest as e:
             return self._answer(request, 400, error_body(str(e)))
         # Per plugin: its own key, none, or the global one (which may be unset).
@@ -522,6 +553,13 @@ class PluginServerResource(Resource):
         status = 200
         if type(result) is tuple and len(result) == 2 and type(result[0]) is int:
             status, result = result
+            if not 200 <= status <= 599:
+                # 1xx would leave the client waiting for the real answer;
+                # anything else is not HTTP.
+                self._logError(
+                    request, loaded, "answered status {status}, outside 200-599", status=status
+                )
+                return self._answer(request, 500, error_body("internal error"))
         try:
             body = encode_json(result)
         except (TypeError, ValueError, RecursionError):
@@ -597,6 +635,20 @@ class PluginServerResource(Resource):
             request.setHeader(b"content-length", b"%d" % (len(body),))
         request.write(body)
         request.finish()
+
+    def _logError(
+        self, request: HTTPRequest, loaded: LoadedPlugin, what: str, **fields: Any
+    ) -> None:
+        if self._metrics is not None:
+            self._metrics.plugin_error(loaded.name)
+        log.error(
+            "Plugin {plugin} generation {generation} " + what + " on {method} {path}",
+            plugin=loaded.name,
+            generation=loaded.generation,
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+            **fields,
+        )
 
     def _logFailure(self, failure: Failure, request: HTTPRequest, loaded: LoadedPlugin) -> None:
         if self._metrics is not None:
@@ -701,6 +753,13 @@ class UtilityRoutes:
 
     @app.handle_errors(NotFound)
     def notFound(self, request: Any, failure: Failure) -> bytes:
+        return _json(request, 404, {"error": "not found"})
+
+    @app.handle_errors(RequestRedirect)
+    def redirected(self, request: Any, failure: Failure) -> bytes:
+        # werkzeug redirects a path to its canonical spelling; the web layer
+        # has already refused every spelling but the canonical one, so a
+        # path that would be redirected is one no route serves.
         return _json(request, 404, {"error": "not found"})
 
     @app.handle_errors(MethodNotAllowed)

@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from pluginserver.web import BadRequest, parse_arguments, request_path
+from pluginserver.target import BadTarget, parse_path
+from pluginserver.web import BadRequest, parse_arguments
 
 CONTENT_TYPES = st.sampled_from(
     [
@@ -85,12 +86,20 @@ class ArgumentPropertyTests(SynchronousTestCase):
 
     @settings(max_examples=300, deadline=None)
     @given(path=st.binary(max_size=60))
-    def test_pathSplitsIntoNameAndRest(self, path: bytes) -> None:
+    def test_pathSplitsIntoNameAndSubpathOrIsRefused(self, path: bytes) -> None:
         request = received(b"GET", b"/" + path.replace(b"?", b"").replace(b"#", b""), b"", b"")
-        name, rest = request_path(request)
-        self.assertIsInstance(name, str)
-        self.assertNotIn("/", name)
-        self.assertIsInstance(rest, bytes)
+        try:
+            target = parse_path(request.path)
+        except BadTarget as e:
+            self.assertIn(e.status, (400, 404))
+            return
+        self.assertNotIn("/", target.name)
+        for segment in target.segments[:-1]:
+            self.assertNotIn(segment, ("", ".", ".."))
+        for segment in target.segments:
+            self.assertNotIn(segment, (".", ".."))
+            for forbidden in "/\\\x00":
+                self.assertNotIn(forbidden, segment)
 
     def test_jsonFieldsKeepTheirTypes(self) -> None:
         request = received(

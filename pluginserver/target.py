@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_gate -*-
+"""
+The one view of a request's target that every decision is made on.
+
+A client can spell one path many ways: C{/%70lugins}, C{//plugins},
+C{/plugins/}, C{http://host/plugins}.  If the security gate looked at one
+spelling and the router served another, a key check could be skipped (it
+was: the gate read the raw first segment while werkzeug routed the decoded,
+slash-merged path).  So the target is parsed here, once, into a L{Target},
+and both the gate and the dispatch use its C{name} and C{segments} as they
+are.
+
+The rule, for a path in origin form (C{/a/b}):
+
+  - it is split on C{/} first and each segment is then percent-decoded
+    (RFC 3986 §6.2.2.2: C{%70} and C{p} are the same character), so
+    C{/%70lugins} is the route C{plugins} with all of that route's checks;
+  - a segment that decodes to something a path segment cannot safely be
+    (empty but for a trailing one, C{.}, C{..}, or containing C{/}, C{\\}
+    or NUL) makes the target unservable: 404, for every route alike.
+
+An absolute-form target (C{http://host/path}, RFC 9112 §3.2.2) names its
+host itself: L{split_absolute} gives that host and the origin-form path.
+Any other form (C{*}, C{a/plugins}) is a bad request.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+import attr
+
+
+class BadTarget(Exception):  # noqa: N818 - named after what it reports
+    """
+    The target is not a path this server serves: answered 404 when it is a
+    path whose spelling is refused, 400 when it is not in origin form.
+
+    @ivar status: the status to answer with.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@attr.s(auto_attribs=True, slots=True)
+class Target:
+    """
+    A request path, parsed.  (Not frozen: it is made for every request, and
+    a frozen class costs measurably there.)
+
+    @ivar name: the route name: the first segment, decoded.
+    @ivar subpath: the path below the route, decoded, without its leading
+        slash: C{""} for C{/hello}, C{"a/b"} for C{/hello/a/b}, C{"a/"} for
+        C{/hello/a/}.  No segment of it contains a slash, so splitting it
+        on C{/} gives back the segments.
+    """
+
+    name: str
+    subpath: str
+
+    @property
+    def segments(self) -> list[str]:
+        """
+        Every segment of the path, the route name first.
+        """
+        return [self.name, *self.subpath.split("/")] if self.subpath else [self.name]
+
+
+_SLOW_MARKS = (b"%", b"//", b"/.", b"\\", b"\x00")
+"""What a path must contain for any of its segments to need decoding or checking."""
+_FORBIDDEN = re.compile(r"[/\\\x00]")
+_ABSOLUTE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)(.*)$", re.DOTALL)
+
+
+def _segment(raw: bytes) -> str:
+    text = raw
+    if b"%" in raw:
+        text = unquote_to_bytes(raw)
+    try:
+        segment = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadTarget(400, "invalid UTF-8 in path") from None
+    if segment in (".", "..") or _FORBIDDEN.search(segment):
+        raise BadTarget(404, "not found")
+    return segment
+
+
+def parse_path(path: bytes) -> Target:
+    """
+    Parse an origin-form path (without its query) into a L{Target}.
+
+    @raise BadTarget: the path is not in origin form (400), is not UTF-8
+        (400) or is spelled in a way no route is served under (404).
+    """
+    if path[:1] != b"/":
+        raise BadTarget(400, "bad request target")
+    if not any(mark in path for mark in _SLOW_MARKS):
+        # Nearly every path: nothing encoded, no empty or dot segment.
+        first, _, rest = path[1:].partition(b"/")
+        try:
+            return Target(first.decode("utf-8"), rest.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadTarget(400, "invalid UTF-8 in path") from None
+    raw = path[1:].split(b"/")
+    last = len(raw) - 1
+    for index, piece in enumerate(raw):
+        if not piece and index != last:
+            raise BadTarget(404, "not found")  # a doubled slash
+    return Target(_segment(raw[0]), "/".join(_segment(piece) for piece in raw[1:]))
+
+
+def split_absolute(target: bytes) -> tuple[bytes, bytes] | None:
+    """
+    The host (with its port, as a C{Host} header would carry it) and the
+    origin-form path of an absolute-form target, or L{None} when the target
+    is not in absolute form.  An empty path is C{/}.
+    """
+    match = _ABSOLUTE.match(target)
+    if match is None:
+        return None
+    authority, rest = match.group(1), match.group(2)
+    host = authority.rpartition(b"@")[2]  # userinfo is never a host
+    if not rest.startswith(b"/"):
+        rest = b"/" + rest
+    return host, rest
