@@ -1,6 +1,13 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.test_tls,tests.test_channel -*-
 """
-TLS listeners whose certificate can be replaced while they listen.
+Listeners from endpoint strings: TLS listeners whose certificate can be
+replaced while they listen, and TCP listeners with a deeper listen backlog.
+
+Twisted listens with a backlog of 50 unless the endpoint string says
+C{backlog=}: a burst of new connections beyond that waits for the client's
+SYN retransmission (a second or more).  C{tcp:}, C{tcp6:} and C{ssl:}
+listeners that do not say get L{DEFAULT_BACKLOG} instead (the kernel may
+cap it: C{net.core.somaxconn}).
 
 An C{ssl:} endpoint string gives a Twisted endpoint holding an OpenSSL
 context factory.  We put a L{SwappableContextFactory} in front of it: every
@@ -19,6 +26,52 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEndpoint
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+DEFAULT_BACKLOG = 511
+"""The listen backlog of a TCP listener whose endpoint string sets none (nginx's too)."""
+
+_BACKLOG_KINDS = frozenset({"tcp", "tcp6", "ssl"})
+
+
+def _fields(description: str) -> list[str]:
+    """
+    The colon-separated fields of an endpoint string, as Twisted splits
+    them: a backslash escapes the next character (C{interface=\\:\\:1}).
+    """
+    fields = [""]
+    escaped = False
+    for char in description:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("")
+            continue
+        fields[-1] += char
+    return fields
+
+
+def with_default_backlog(description: str) -> str:
+    """
+    C{description} with C{backlog=}L{DEFAULT_BACKLOG} added when it is a
+    C{tcp:}, C{tcp6:} or C{ssl:} endpoint string that sets no backlog; any
+    other string as it is.
+    """
+    fields = _fields(description)
+    if fields[0].strip().lower() not in _BACKLOG_KINDS:
+        return description
+    if any(field.startswith("backlog=") for field in fields[1:]):
+        return description
+    return f"{description}:backlog={DEFAULT_BACKLOG}"
+
+
+def server_endpoint(reactor: Any, description: str) -> Any:
+    """
+    The server endpoint of C{description}, as Twisted's C{serverFromString}
+    makes it, with the default backlog of L{with_default_backlog}.
+    """
+    return serverFromString(reactor, with_default_backlog(description))
+
 
 class TLSConfigError(Exception):
     """
@@ -36,7 +89,7 @@ def listener_problem(reactor: Any, description: str) -> str | None:
         if is_tls(description):
             load_context_factory(reactor, description)
         else:
-            serverFromString(reactor, description)
+            server_endpoint(reactor, description)
     except Exception as e:
         return describe_endpoint_error(description, e)
     return None
@@ -96,7 +149,7 @@ def load_context_factory(reactor: Any, description: str) -> Any:
     """
     check_description(description)
     try:
-        endpoint = serverFromString(reactor, description)
+        endpoint = server_endpoint(reactor, description)
         factory = _contextFactoryOf(endpoint)
         factory.getContext()
     except TLSConfigError:
@@ -134,13 +187,14 @@ def tls_endpoint(
     reactor: Any, description: str
 ) -> tuple[IStreamServerEndpoint | SSL4ServerEndpoint, SwappableContextFactory | None]:
     """
-    The endpoint for C{description}; for C{ssl:} endpoints, with a
-    swappable context factory (also returned) in front of its own.
+    The endpoint for C{description} (with L{DEFAULT_BACKLOG} unless it sets
+    one); for C{ssl:} endpoints, with a swappable context factory (also
+    returned) in front of its own.
 
     (An SSL4ServerEndpoint is an IStreamServerEndpoint too: mypy cannot see
     a zope C{@implementer} without the mypy-zope plugin.)
     """
-    endpoint = serverFromString(reactor, description)
+    endpoint = server_endpoint(reactor, description)
     if not isinstance(endpoint, SSL4ServerEndpoint):
         return endpoint, None
     check_description(description)
