@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_limits -*-
+# -*- test-case-name: tests.test_limits,tests.test_channel -*-
 """
 The HTTP protocol layer under the resource tree: limits twisted.web does not
 have on its own.
@@ -11,13 +11,18 @@ have on its own.
   - A request's head (request line and headers) must arrive within
     C{header_timeout} of its first byte, however slowly it trickles in
     (slowloris); idle keep-alive connections close after C{idle_timeout}.
+  - Pipelined requests are answered one at a time, and a client that does
+    not read its answers is not read from either: memory never grows with
+    answers a client leaves unread (twisted.web stops reading, but goes on
+    answering the requests it had already read).
+  - A client that half-closes its connection after its request (shutdown
+    of its sending side) is still answered.
   - The site knows its connections, so that a graceful stop can wait for
     the requests in flight.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from time import perf_counter as _now
@@ -25,42 +30,25 @@ from typing import Any, Protocol, TextIO
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.base import DelayedCall
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
+from zope.interface import implementer  # type: ignore[import-untyped]
 
-from pluginserver.metrics import Metrics
-
-
-def _raw_response(status: bytes, message: str) -> bytes:
-    """
-    A complete response written straight to the transport, for the answers
-    given before there is a request to answer through.
-    """
-    body = json.dumps({"error": message}, separators=(",", ":")).encode("utf-8")
-    return (
-        b"HTTP/1.1 " + status + b"\r\n"
-        b"Content-Type: application/json\r\n"
-        b"X-Content-Type-Options: nosniff\r\n"
-        b"Cache-Control: no-store\r\n"
-        b"Connection: close\r\n"
-        b"Content-Length: %d\r\n\r\n" % (len(body),)
-    ) + body
-
-
-TOO_LARGE = _raw_response(b"413 Request Entity Too Large", "request body too large")
-HEAD_TIMEOUT = _raw_response(b"408 Request Timeout", "request timeout")
-BAD_REQUEST = _raw_response(b"400 Bad Request", "bad request")
-URI_TOO_LONG = _raw_response(b"414 URI Too Long", "request line too long")
-HEADERS_TOO_LARGE = _raw_response(
-    b"431 Request Header Fields Too Large", "request headers too large"
+from pluginserver.answers import (
+    BAD_REQUEST,
+    DEFAULT_HEADERS,
+    HEAD_TIMEOUT,
+    HEADERS_TOO_LARGE,
+    INTERNAL_ERROR,
+    TOO_LARGE,
+    URI_TOO_LONG,
 )
-
-INTERNAL_ERROR = b'{"error":"internal error"}'
+from pluginserver.metrics import Metrics
 
 _NO_METHOD_YET = Request.method  # what a request's method is until it is received
 
@@ -70,14 +58,6 @@ Seconds a refused connection is still read (and the data dropped) after
 the answer: closing at once, with unread data, makes the kernel send a reset
 that can destroy the answer before the client reads it.
 """
-
-
-DEFAULT_HEADERS = (
-    (b"content-type", b"application/json"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"cache-control", b"no-store"),
-)
-"""Headers every answer carries (a plugin's, an error's, a utility route's)."""
 
 
 def _bulk_header_setter() -> Any:
@@ -228,10 +208,30 @@ class PluginServerRequest(Request):
         return reason
 
 
+@implementer(IHalfCloseableProtocol)
 class PluginServerChannel(HTTPChannel):
     """
-    An HTTP channel with a deadline for each request's head, and JSON
-    answers for heads it cannot accept.
+    An HTTP channel with a deadline for each request's head, JSON answers
+    for heads it cannot accept, back-pressure on pipelined requests, and
+    answers for clients that half-close.
+
+    Back-pressure: twisted.web answers pipelined requests one at a time and
+    registers the channel as its transport's producer, so that a full send
+    buffer pauses the channel.  But it only stops I{reading}: the requests
+    it has already read are parsed and answered all the same, each answer
+    adding to the unsent buffer (200 pipelined requests for 512 KiB each,
+    sent in one packet, grew the process by about 190 MB).  Here an answer the
+    client has not read yet holds the next request back (C{_held}) until
+    the transport has sent it; and the channel stops reading while it
+    writes (twisted.web reads on while a request is handled, to see a
+    client go away, and its 16 KiB cap on what it reads ahead is skipped
+    while the transport is paused).
+
+    Half-close: a client may shut down its sending side once its request
+    is sent (C{shutdown(SHUT_WR)}); TCP then reports the end of the data
+    to an L{IHalfCloseableProtocol} instead of closing, and the channel
+    answers what it received before it closes.  (Over TLS the TLS layer
+    ends the whole connection at the end of the data, as before.)
     """
 
     site: PluginServerSite  # set by Site.buildProtocol
@@ -239,6 +239,13 @@ class PluginServerChannel(HTTPChannel):
     # methods mypy cannot call without the mypy-zope plugin).
     _headDeadline: DelayedCall | None = None
     _refusing: DelayedCall | None = None
+    # twisted.web's: the transport as an IPushProducer (typed loosely:
+    # mypy cannot call a zope Interface's methods).
+    _networkProducer: Any
+    # The next request waits until the transport has sent the last answer.
+    _held = False
+    # The client sent its end of data: answer what came, then close.
+    _readClosed = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -253,7 +260,8 @@ class PluginServerChannel(HTTPChannel):
         if not self.line_mode:
             return False  # reading a body: idle_timeout watches that
         if self._buffer:
-            return True
+            # Held requests wait for the client to read, not to send.
+            return not self._held
         return bool(self.requests) and self.requests[-1].method == _NO_METHOD_YET
 
     def dataReceived(self, data: bytes) -> None:
@@ -316,6 +324,81 @@ class PluginServerChannel(HTTPChannel):
         else:
             transport.loseWriteConnection()
 
+    # -- back-pressure ----------------------------------------------------------
+
+    def requestDone(self, request: http.Request) -> None:
+        if self._waitingForTransport and self.persistent and self._refusing is None:
+            # The client has not read this answer: parse nothing more (the
+            # LineReceiver stops at self.paused, what it has stays in its
+            # buffer) and read nothing more until the transport has sent it.
+            self._held = True
+            self.paused = True
+            self._networkProducer.pauseProducing()
+        super().requestDone(request)
+        if self._readClosed:
+            self._closeIfAnswered()
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        if self._handlingRequest:
+            # twisted.web leaves reading on here: the answer being written
+            # is not read, so neither is what the client sends meanwhile.
+            self._networkProducer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()  # reads again unless a request is handled
+        if self._held:
+            self._held = False
+            if self._refusing is None:
+                self.paused = False
+                self.dataReceived(b"")  # parse and answer the next request
+            if self._readClosed:
+                self._closeIfAnswered()
+        elif self._handlingRequest and (
+            sum(map(len, self._dataBuffer)) <= self._optimisticEagerReadSize
+        ):
+            # As twisted.web does while it handles a request: read ahead,
+            # up to its cap (rawDataReceived pauses past it).
+            self._networkProducer.resumeProducing()
+
+    # -- half-close ------------------------------------------------------------
+
+    def readConnectionLost(self) -> None:
+        """
+        The client will send nothing more: answer the requests it sent, then
+        close.  (Also called again when reading resumes after the end.)
+        """
+        self._readClosed = True
+        self._cancelHeadDeadline()  # a partial head can never complete now
+        if self._refusing is not None:
+            # Nothing more to drain: the refusal is said, end it here.
+            transport: Any = self.transport
+            transport.loseConnection()
+            return
+        self._closeIfAnswered()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our sending side is shut down: only L{refuse} does that, and it
+        keeps reading for a moment; anything else ends the connection.
+        """
+        if self._refusing is None:
+            self.loseConnection()
+
+    def _closeIfAnswered(self) -> None:
+        """
+        Close a connection whose client half-closed once nothing it sent is
+        waiting for an answer: no request being handled or held, and no
+        parse under way (a request answered within it may be followed by
+        others in the buffer).  What is left is an incomplete head, which
+        can no longer complete.
+        """
+        if self._handlingRequest or self._held or self._busyReceiving:
+            return
+        transport: Any = self.transport
+        if transport is not None and not transport.disconnecting:
+            self.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.site.channels.discard(self)
         self._cancelHeadDeadline()
@@ -346,15 +429,22 @@ def redact(uri: bytes) -> bytes:
     return path + mark + b"".join(parts)
 
 
-class _RedactedURI:
+class _Redacted:
     """
     A request as the access-log formatter sees it: the same, but for its
-    URI.
+    URI and its Referer, redacted.
     """
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Any, uri: bytes, referrer: bytes | None) -> None:
         self._request = request
-        self.uri = redact(request.uri)
+        self.uri = uri
+        self._referrer = referrer
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        if name.lower() == b"referer":
+            return self._referrer
+        value: bytes | None = self._request.getHeader(name)
+        return value
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
@@ -366,7 +456,9 @@ _PLAIN = re.compile(rb"[ !#-\[\]-~]*")
 
 def redacted_log_line(timestamp: str, request: Any) -> str:
     """
-    The combined-log-format line twisted.web writes, with keys redacted.
+    The combined-log-format line twisted.web writes, with keys redacted:
+    in the request URI and in the Referer, a URL too (a page that sent its
+    key in its own URL names it there).  The User-Agent is logged as sent.
 
     twisted.web's formatter escapes every field through repr(), which made
     an access log cost a quarter of the throughput; fields that need no
@@ -378,7 +470,14 @@ def redacted_log_line(timestamp: str, request: Any) -> str:
     redacted = uri is not original
     address = request.getClientAddress()
     ip = getattr(address, "host", None)
-    referrer = request.getHeader(b"referer") or b"-"
+    referrer = request.getHeader(b"referer")
+    if referrer:
+        shown = redact(referrer)
+        if shown is not referrer:
+            redacted = True
+            referrer = shown
+    else:
+        referrer = b"-"
     agent = request.getHeader(b"user-agent") or b"-"
     method = request.method
     protocol = request.clientproto
@@ -396,7 +495,9 @@ def redacted_log_line(timestamp: str, request: Any) -> str:
             f'"{ip}" - - {timestamp} "{method.decode()} {uri.decode()} {protocol.decode()}" '
             f'{request.code} {request.sentLength or "-"} "{referrer.decode()}" "{agent.decode()}"'
         )
-    line: str = combinedLogFormatter(timestamp, _RedactedURI(request) if redacted else request)
+    line: str = combinedLogFormatter(
+        timestamp, _Redacted(request, uri, referrer) if redacted else request
+    )
     return line
 
 

@@ -12,10 +12,8 @@ reaches the client.
 
 from __future__ import annotations
 
-import json
-import math
 import types
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from klein import Klein
@@ -25,16 +23,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.http import Request as HTTPRequest
-from twisted.web.http import parse_qs  # bytes in, bytes out: any octets
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
+from pluginserver.answers import (
+    UNENCODABLE,
+    answer,
+    empty,
+    encode,
+    encode_json,
+    error,
+    json_answer,
+)
+from pluginserver.arguments import Arguments, BadRequest, parse_request
 from pluginserver.config import Settings
 from pluginserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pluginserver.metrics import Metrics
-from pluginserver.plugin import Headers, HTTPError, PluginRequest, RawJSON
+from pluginserver.plugin import Headers, HTTPError, PluginRequest
 from pluginserver.registry import (
     RESERVED_NAMES,
     LoadedPlugin,
@@ -57,38 +64,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-def _make_encoder() -> Callable[[Any], str]:
-    """
-    A compact JSON encoder made once: json.dumps builds its C encoder anew
-    on every call, which costs more than encoding a small answer.  Without
-    the circular-reference check a cyclic value raises RecursionError, which
-    is answered like any unencodable value.
-    """
-    try:
-        from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - CPython always has them
-        c_make_encoder = None
-    if c_make_encoder is None or c_encode_basestring is None:  # pragma: no cover
-        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-    fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-    # allow_nan off: NaN and Infinity are not JSON; such a value is
-    # answered like any other that cannot be encoded (500, logged).
-    encoder = c_make_encoder(
-        None, fallback.default, c_encode_basestring, None, ":", ",", False, False, False
-    )
-
-    def encode(value: Any) -> str:
-        if isinstance(value, str):
-            return c_encode_basestring(value)  # type: ignore[no-any-return]
-        return "".join(encoder(value, 0))
-
-    return encode
-
-
-_encode = _make_encoder()
-
-_JSON = b"application/json"
-_FORM = b"application/x-www-form-urlencoded"
 _UTILITY_METHODS = frozenset({"GET", "HEAD", "POST"})
 _SAFE = frozenset({b"GET", b"HEAD"})
 _METHODS = {
@@ -116,28 +91,6 @@ class Runtime(Protocol):
         ...
 
 
-class BadRequest(Exception):  # noqa: N818 - named after the 400 status it answers
-    """
-    The request cannot be turned into a L{PluginRequest}; answered 400.
-    """
-
-
-def error_body(message: str) -> bytes:
-    """
-    The JSON body of an error answer.
-    """
-    return _encode({"error": message}).encode("utf-8")
-
-
-def encode_json(value: Any) -> bytes:
-    """
-    Encode a plugin's result; L{RawJSON} passes through unchanged.
-    """
-    if isinstance(value, RawJSON):
-        return value
-    return _encode(value).encode("utf-8")
-
-
 class _LazyHeaders(Headers):
     """
     Request headers decoded only when a plugin looks at them: most never do.
@@ -155,154 +108,6 @@ class _LazyHeaders(Headers):
                 for name, values in self._raw.getAllRawHeaders()
             }
         return self._decoded
-
-
-def _decode(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest(f"invalid UTF-8 in {what}") from None
-
-
-def _is_json_type(contentType: bytes) -> bool:
-    mime = contentType.split(b";", 1)[0].strip().lower()
-    return mime == _JSON or mime.endswith(b"+json")
-
-
-def read_body(request: HTTPRequest) -> bytes:
-    """
-    The request body, whether Twisted kept it in memory or in a file.
-    """
-    content = request.content
-    if content is None:
-        return b""
-    try:
-        value: bytes = content.getvalue()  # BytesIO: no seeking needed
-        return value
-    except AttributeError:
-        pass  # a temporary file, for a large body
-    content.seek(0)
-    body: bytes = content.read()
-    content.seek(0)
-    return body
-
-
-def form_fields(request: HTTPRequest, body: bytes) -> dict[bytes, list[bytes]]:
-    """
-    The form fields of a body twisted.web did not parse: it parses form
-    bodies of POST requests only, and PUT, PATCH or DELETE may carry them
-    too.
-    """
-    contentType = request.getHeader(b"content-type") or b""
-    mime = contentType.split(b";", 1)[0].strip().lower()
-    if not body:
-        return {}
-    if mime == _FORM:
-        if body.lstrip()[:1] in (b"{", b"["):
-            return {}  # JSON sent the curl -d way: parse_arguments reads it
-        fields: dict[bytes, list[bytes]] = parse_qs(body, 1)
-        return fields
-    if mime == b"multipart/form-data":
-        try:
-            from twisted.web.http import _getMultiPartArgs
-        except ImportError:  # pragma: no cover - a future twisted.web
-            return {}
-        try:
-            parts: dict[bytes, list[bytes]] = _getMultiPartArgs(body, contentType)
-        except Exception:
-            raise BadRequest("malformed multipart body") from None
-        return parts
-    return {}
-
-
-def parse_arguments(request: HTTPRequest) -> tuple[dict[str, Any], Any, bytes]:
-    """
-    Merge the query string, form fields (urlencoded or multipart, as Twisted
-    parsed them) and the top-level fields of a JSON object body into one
-    dict; later sources win, and so does the last of repeated fields.
-    Returns that dict (C{apikey} included), the parsed JSON body (or
-    L{None}) and the raw body.
-    """
-    raw = request.args
-    if not raw:
-        body = read_body(request)
-        if not body:
-            return {}, None, b""  # most GETs
-    if request.method != b"POST":
-        form = form_fields(request, read_body(request))
-        if form:
-            raw = {**raw, **{k: raw.get(k, []) + v for k, v in form.items()}}
-    args: dict[str, Any] = {}
-    multipart = bool(raw) and (request.getHeader(b"content-type") or b"").lower().startswith(
-        b"multipart/"
-    )
-    for key, values in (raw or {}).items():
-        if not values:
-            continue
-        name = _decode(key, "argument name")
-        value = values[-1]
-        if multipart:
-            # A file field may well be binary: hand over the bytes.
-            try:
-                args[name] = value.decode("utf-8")
-            except UnicodeDecodeError:
-                args[name] = value
-        else:
-            args[name] = _decode(value, "argument " + repr(name))
-    body = read_body(request)
-    document: Any = None
-    if body:
-        contentType = request.getHeader(b"content-type") or b""
-        looksJSON = _is_json_type(contentType) or (
-            # curl -d '{...}' sends JSON as a form unless told otherwise.
-            (not contentType or contentType.lower().startswith(_FORM))
-            and body.lstrip()[:1] in (b"{", b"[")
-        )
-        if looksJSON:
-            try:
-                document = _loads(body)
-            except RecursionError:
-                raise BadRequest("JSON body nested too deeply") from None
-            except ValueError:
-                if _is_json_type(contentType):
-                    raise BadRequest("malformed JSON body") from None
-                document = None
-            if document is not None and not _is_json_type(contentType):
-                # The body was JSON, not the form twisted.web parsed it as:
-                # keep only the query's fields.
-                args = _query_arguments(request)
-            if isinstance(document, dict):
-                args.update(document)
-    return args, document, body
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (math.inf, -math.inf):
-        raise ValueError(f"number out of range: {text}")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _loads(body: bytes) -> Any:
-    """
-    Parse a JSON body strictly: NaN, Infinity and numbers too large for a
-    float are not JSON, and could not be answered as JSON either.
-    """
-    return json.loads(body, parse_float=_finite, parse_constant=_no_constant)
-
-
-def _query_arguments(request: HTTPRequest) -> dict[str, Any]:
-    query = request.uri.partition(b"?")[2]
-    fields: dict[bytes, list[bytes]] = parse_qs(query, 1) if query else {}
-    return {
-        _decode(key, "argument name"): _decode(values[-1], "argument " + repr(key))
-        for key, values in fields.items()
-        if values
-    }
 
 
 class PluginServerResource(Resource):
@@ -346,33 +151,33 @@ class PluginServerResource(Resource):
         if request.path[:1] != b"/":
             absolute = split_absolute(request.path)
             if absolute is None:
-                return self._answer(request, 400, error_body("bad request target"))
+                return error(request, 400, "bad request target")
             # RFC 9112 §3.2.2: the target's host replaces any Host header.
             host, request.path = absolute
             hosts = [host]
             request.requestHeaders.setRawHeaders(b"host", hosts)
         elif hosts is None:
             if request.clientproto != b"HTTP/1.0":
-                return self._answer(request, 400, error_body("missing Host header"))
+                return error(request, 400, "missing Host header")
         elif len(hosts) != 1:
-            return self._answer(request, 400, error_body("more than one Host header"))
+            return error(request, 400, "more than one Host header")
         if policy.allowed_hosts is not None and not policy.host_allowed(
             hosts[0] if hosts else None
         ):
-            return self._answer(request, 400, error_body("host not allowed"))
+            return error(request, 400, "host not allowed")
         peer = getattr(request.client, "host", "")  # the peer's address; a unix: peer has none
         client = peer if not policy.trusted_proxies else self._client(request, policy)
         # A client on a unix: socket has no address: it is local, and the
         # socket file's permissions say who may connect.
         if policy.access_allow is not None and client and not policy.address_allowed(client):
-            return self._answer(request, 403, error_body("forbidden"))
+            return error(request, 403, "forbidden")
         try:
             # The one view of the path: the checks below and the dispatch
             # all use this name and subpath, never the raw path again.
             target = parse_path(request.path)
         except BadTarget as e:
             request.route = "other"
-            return self._answer(request, e.status, error_body(e.message))
+            return error(request, e.status, e.message)
         name = target.name
         loaded = self._lookup(name)
         # The route label of this request's metrics (the site counts it).
@@ -385,7 +190,7 @@ class PluginServerResource(Resource):
         # act: no utility route, no plugin method that changes state.
         guarded = name in RESERVED_NAMES if loaded is None else request.method not in _SAFE
         if guarded and self._crossSite(request, policy):
-            return self._answer(request, 403, error_body("cross-site request refused"))
+            return error(request, 403, "cross-site request refused")
         if loaded is None:
             return self._utilityRoute(request, policy, target)
         return self._dispatch(request, loaded, target.subpath, policy, client)
@@ -416,7 +221,7 @@ class PluginServerResource(Resource):
             return None
         decision = policy.cors(origin)
         if not decision.allowed:
-            return self._answer(request, 403, error_body("origin not allowed"))
+            return error(request, 403, "origin not allowed")
         headers = request.responseHeaders
         for header, value in decision.headers:
             headers.setRawHeaders(header, [value])
@@ -427,7 +232,7 @@ class PluginServerResource(Resource):
             for header, value in preflight_headers(methods):
                 headers.setRawHeaders(header, [value])
             request.setResponseCode(204)
-            return _empty(request)
+            return empty(request)
         return None
 
     def _utilityRoute(
@@ -435,7 +240,7 @@ class PluginServerResource(Resource):
     ) -> Any:
         name = target.name
         if name not in RESERVED_NAMES:
-            return self._answer(request, 404, error_body("not found"))
+            return error(request, 404, "not found")
         # Klein routes on postpath (which our Request leaves empty): give it
         # the segments the checks here were made on, already decoded and
         # free of empty, dot and slash-bearing segments.
@@ -443,14 +248,14 @@ class PluginServerResource(Resource):
         if name == "reload" and request.method not in (b"GET", b"POST"):
             # A reload changes state: not on HEAD, whatever GET allows.
             request.setHeader(b"allow", b"GET, POST")
-            return self._answer(request, 405, error_body("method not allowed"))
+            return error(request, 405, "method not allowed")
         public = name == "metrics" and self._runtime.settings.metrics_public
         if policy.apikey is not None and not public:
             try:
-                _, document, _ = parse_arguments(request)
+                arguments = parse_request(request)
             except BadRequest as e:
-                return self._answer(request, 400, error_body(str(e)))
-            if not self._authorized(request, policy, policy.apikey, document):
+                return error(request, 400, str(e))
+            if not self._authorized(request, policy, policy.apikey, arguments):
                 return self._unauthorized(request)
         return self._utility.render(request)
 
@@ -463,33 +268,16 @@ class PluginServerResource(Resource):
         )
 
     def _authorized(
-        self, request: HTTPRequest, policy: SecurityPolicy, expected: str, document: Any
+        self, request: HTTPRequest, policy: SecurityPolicy, expected: str, arguments: Arguments
     ) -> bool:
-        queryKey = bodyKey = None
-        values = request.args.get(b"apikey") if request.args else None
-        fromQuery: list[bytes] = []
-        if values:
-            # Twisted merges the query and a POST form into request.args,
-            # query first: tell them apart, the query may not be allowed.
-            query = request.uri.partition(b"?")[2]
-            # Blank values count: twisted.web kept them in request.args.
-            fromQuery = parse_qs(query, 1).get(b"apikey", []) if query else []
-            if fromQuery:
-                queryKey = fromQuery[0].decode("utf-8", "replace")
-        if request.method == b"POST":
-            fromForm = (values or [])[len(fromQuery) :]
-        else:
-            fromForm = form_fields(request, read_body(request)).get(b"apikey", [])
-        if fromForm:
-            bodyKey = fromForm[0].decode("utf-8", "replace")
-        if isinstance(document, dict) and isinstance(document.get("apikey"), str):
-            bodyKey = document["apikey"]
-        given = find_key(request.requestHeaders, queryKey, bodyKey, policy.allow_query_key)
+        given = find_key(
+            request.requestHeaders, arguments.query_key, arguments.body_key, policy.allow_query_key
+        )
         return keys_match(given, expected)
 
     def _unauthorized(self, request: HTTPRequest) -> Any:
         request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
-        return self._answer(request, 401, error_body("unauthorized"))
+        return error(request, 401, "unauthorized")
 
     # -- plugin dispatch ---------------------------------------------------
 
@@ -504,25 +292,23 @@ class PluginServerResource(Resource):
         method = _METHODS.get(request.method) or request.method.decode("latin-1")
         if method not in loaded.methods:
             request.setHeader(b"allow", ", ".join(sorted(loaded.methods)).encode("ascii"))
-            return self._answer(request, 405, error_body("method not allowed"))
+            return error(request, 405, "method not allowed")
         try:
-            args, document, body = parse_arguments(request)
+            arguments = parse_request(request)
         except BadRequest as e:
-            return self._answer(request, 400, error_body(str(e)))
+            return error(request, 400, str(e))
         # Per plugin: its own key, none, or the global one (which may be unset).
         expected = policy.apikey if loaded.auth_mode == "global" else loaded.own_key
-        if expected is not None and not self._authorized(request, policy, expected, document):
+        if expected is not None and not self._authorized(request, policy, expected, arguments):
             return self._unauthorized(request)
-        if "apikey" in args:
-            del args["apikey"]
         preq = PluginRequest(
             method=method,
             subpath=subpath,
-            args=args,
-            json=document,
+            args=arguments.args,
+            json=arguments.document,
             headers=_LazyHeaders(request.requestHeaders),
             client=client,
-            body=body,
+            body=arguments.body,
         )
         if loaded.blocking and self._threadpool is not None:
             d = deferToThreadPool(self._reactor, self._threadpool, loaded.handle, preq)
@@ -530,18 +316,18 @@ class PluginServerResource(Resource):
         try:
             result = loaded.handle(preq)
         except HTTPError as e:
-            return self._answer(request, e.status, error_body(e.message))
+            return error(request, e.status, e.message)
         except Exception:
             self._logFailure(Failure(), request, loaded)
-            return self._answer(request, 500, error_body("internal error"))
+            return error(request, 500, "internal error")
         if type(result) is dict:
             # The common answer: a dict, 200.
             try:
-                body = _encode(result).encode("utf-8")
-            except (TypeError, ValueError, RecursionError):
+                body = encode(result).encode("utf-8")
+            except UNENCODABLE:
                 return self._result(request, loaded, result)
             if request.method == b"HEAD":
-                return self._answer(request, 200, body)
+                return answer(request, 200, body)
             return body
         if isinstance(result, types.CoroutineType):
             return self._wait(request, loaded, defer.Deferred.fromCoroutine(result))
@@ -559,22 +345,13 @@ class PluginServerResource(Resource):
                 self._logError(
                     request, loaded, "answered status {status}, outside 200-599", status=status
                 )
-                return self._answer(request, 500, error_body("internal error"))
+                return error(request, 500, "internal error")
         try:
             body = encode_json(result)
-        except (TypeError, ValueError, RecursionError):
+        except UNENCODABLE:
             self._logFailure(Failure(), request, loaded)
-            return self._answer(request, 500, error_body("internal error"))
-        return self._answer(request, status, body)
-
-    def _answer(self, request: HTTPRequest, status: int, body: bytes) -> Any:
-        request.setResponseCode(status)
-        if status in _NO_BODY:
-            return _empty(request)
-        if request.method == b"HEAD":
-            request.setHeader(b"content-length", b"%d" % (len(body),))
-            return b""
-        return body
+            return error(request, 500, "internal error")
+        return answer(request, status, body)
 
     def _wait(self, request: HTTPRequest, loaded: LoadedPlugin, d: defer.Deferred[Any]) -> Any:
         """
@@ -606,9 +383,9 @@ class PluginServerResource(Resource):
         def failed(reason: Failure) -> None:
             if gone:
                 return
-            error = reason.value
-            if isinstance(error, HTTPError):
-                body = self._answer(request, error.status, error_body(error.message))
+            raised = reason.value
+            if isinstance(raised, HTTPError):
+                body = error(request, raised.status, raised.message)
             elif timedOut and reason.check(defer.CancelledError):
                 log.warn(
                     "Plugin {plugin} generation {generation} did not answer "
@@ -619,10 +396,10 @@ class PluginServerResource(Resource):
                     path=request.path.decode("latin-1"),
                     timeout=timeout,
                 )
-                body = self._answer(request, 504, error_body("timeout"))
+                body = error(request, 504, "timeout")
             else:
                 self._logFailure(reason, request, loaded)
-                body = self._answer(request, 500, error_body("internal error"))
+                body = error(request, 500, "internal error")
             self._finish(request, body)
 
         d.addCallbacks(succeeded, failed)
@@ -663,26 +440,6 @@ class PluginServerResource(Resource):
         )
 
 
-_NO_BODY = frozenset({204, 304})
-
-
-def _empty(request: HTTPRequest) -> Any:
-    """
-    Finish an answer that has no body and so no Content-Length or
-    Content-Type either (204, 304): twisted.web would send a length for the
-    body it then drops.
-    """
-    request.responseHeaders.removeHeader(b"content-type")
-    request.finish()
-    return NOT_DONE_YET
-
-
-def _json(request: Any, status: int, value: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", _JSON)
-    return encode_json(value)
-
-
 class UtilityRoutes:
     """
     The server's own routes, as a Klein app bound to one runtime.
@@ -697,14 +454,14 @@ class UtilityRoutes:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
         if self._metrics is None:
-            return _json(request, 404, {"error": "not found"})
+            return json_answer(request, 404, {"error": "not found"})
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
         return self._metrics.exposition()
 
     @app.route("/plugins", methods=["GET", "POST"])
     def plugins(self, request: Any) -> bytes:
         registry = self._runtime.registry
-        return _json(
+        return json_answer(
             request,
             200,
             {
@@ -732,7 +489,7 @@ class UtilityRoutes:
             "removed": report.removed,
             "failed": failed,
         }
-        return _json(request, 500 if failed else 200, body)
+        return json_answer(request, 500 if failed else 200, body)
 
     @app.route("/reload/<name>", methods=["GET", "POST"])
     @defer.inlineCallbacks
@@ -740,7 +497,7 @@ class UtilityRoutes:
         try:
             outcome: ReloadOutcome = yield self._runtime.registry.reload(name)
         except KeyError:
-            return _json(request, 404, {"error": f"no plugin named {name!r}"})
+            return json_answer(request, 404, {"error": f"no plugin named {name!r}"})
         body: dict[str, Any] = {
             "reloaded": outcome.name,
             "success": outcome.success,
@@ -748,28 +505,28 @@ class UtilityRoutes:
         }
         if not outcome.success:
             body["error"] = outcome.error
-            return _json(request, 500, body)
-        return _json(request, 200, body)
+            return json_answer(request, 500, body)
+        return json_answer(request, 200, body)
 
     @app.handle_errors(NotFound)
     def notFound(self, request: Any, failure: Failure) -> bytes:
-        return _json(request, 404, {"error": "not found"})
+        return json_answer(request, 404, {"error": "not found"})
 
     @app.handle_errors(RequestRedirect)
     def redirected(self, request: Any, failure: Failure) -> bytes:
         # werkzeug redirects a path to its canonical spelling; the web layer
         # has already refused every spelling but the canonical one, so a
         # path that would be redirected is one no route serves.
-        return _json(request, 404, {"error": "not found"})
+        return json_answer(request, 404, {"error": "not found"})
 
     @app.handle_errors(MethodNotAllowed)
     def notAllowed(self, request: Any, failure: Failure) -> bytes:
         # Klein calls this handler for MethodNotAllowed only.
         allowed = cast(MethodNotAllowed, failure.value).valid_methods or []
         request.setHeader(b"allow", ", ".join(sorted(allowed)).encode("ascii"))
-        return _json(request, 405, {"error": "method not allowed"})
+        return json_answer(request, 405, {"error": "method not allowed"})
 
     @app.handle_errors(Exception)
     def internalError(self, request: Any, failure: Failure) -> bytes:
         log.failure("Utility route {path} failed", failure, path=request.path.decode("latin-1"))
-        return _json(request, 500, {"error": "internal error"})
+        return json_answer(request, 500, {"error": "internal error"})

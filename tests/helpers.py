@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -152,7 +152,17 @@ class ServerCase(TestCase):
         Make a request; fires with (status, headers, decoded JSON body or
         None for an empty body).
         """
-        response = yield self.client.request(method, URL + path, **kwargs)
+        # Reloads import plugin modules in threads: keep pumping the
+        # in-memory connection until the answer is there.
+        from twisted.internet import reactor
+
+        pending = self.client.request(method, URL + path, **kwargs)
+        deadline = time.monotonic() + 20
+        while not pending.called and time.monotonic() < deadline:
+            self.client.flush()
+            if not pending.called:
+                yield task.deferLater(reactor, 0.005, lambda: None)
+        response = yield pending
         raw = yield response.content()
         headers = response.headers
         if raw:

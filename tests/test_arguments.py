@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
+from pluginserver.arguments import BadRequest, parse_request
 from pluginserver.target import BadTarget, parse_path
-from pluginserver.web import BadRequest, parse_arguments
 
 CONTENT_TYPES = st.sampled_from(
     [
@@ -74,11 +74,13 @@ class ArgumentPropertyTests(SynchronousTestCase):
             self.assertIn("_respondToBadRequestAndDisconnect", str(e))
             return
         try:
-            args, document, raw = parse_arguments(request)
+            parsed = parse_request(request)
         except BadRequest as e:
             self.assertTrue(str(e))
             return
-        self.assertEqual(raw, body)
+        args, document = parsed.args, parsed.document
+        self.assertEqual(parsed.body, body)
+        self.assertNotIn("apikey", args)
         for key, value in args.items():
             self.assertIsInstance(key, str)
             if document is None or not isinstance(document, dict) or key not in document:
@@ -105,11 +107,26 @@ class ArgumentPropertyTests(SynchronousTestCase):
         request = received(
             b"POST", b"/p?a=1", b"application/json", b'{"b": [1, {"c": null}], "a": true}'
         )
-        args, document, _ = parse_arguments(request)
-        self.assertEqual(args, {"a": True, "b": [1, {"c": None}]})
-        self.assertEqual(document, {"b": [1, {"c": None}], "a": True})
+        parsed = parse_request(request)
+        self.assertEqual(parsed.args, {"a": True, "b": [1, {"c": None}]})
+        self.assertEqual(parsed.document, {"b": [1, {"c": None}], "a": True})
 
     def test_repeatedFieldsLastWins(self) -> None:
         request = received(b"GET", b"/p?a=1&a=2&b=", b"", b"")
-        args, _, _ = parse_arguments(request)
-        self.assertEqual(args, {"a": "2", "b": ""})
+        self.assertEqual(parse_request(request).args, {"a": "2", "b": ""})
+
+    def test_keySourcesAreToldApart(self) -> None:
+        # The query's key and the body's are kept apart (the query's counts
+        # only when allow_query_key is on), and neither reaches the plugin.
+        request = received(
+            b"POST", b"/p?apikey=q&a=1", b"application/x-www-form-urlencoded", b"apikey=f&b=2"
+        )
+        parsed = parse_request(request)
+        self.assertEqual((parsed.query_key, parsed.body_key), ("q", "f"))
+        self.assertEqual(parsed.args, {"a": "1", "b": "2"})
+        request = received(b"PUT", b"/p?apikey=", b"application/json", b'{"apikey": "j"}')
+        parsed = parse_request(request)
+        self.assertEqual((parsed.query_key, parsed.body_key), ("", "j"))
+        self.assertEqual(parsed.args, {})
+        parsed = parse_request(received(b"GET", b"/p", b"", b""))
+        self.assertEqual((parsed.args, parsed.query_key, parsed.body_key), ({}, None, None))
