@@ -12,6 +12,12 @@ The format is the old aiohttp pluginserver's, so its files run unchanged:
   - C{[network] bindto/port} and C{[SSL] enabled/keyfile/certfile} still
     describe the listener when C{[server] listen} is not given.
 
+Every key the server reads is declared once, in L{KEYS}: its section, type,
+default, L{Settings} attribute and a line of documentation.  In the sections
+the server owns (L{OWNED_SECTIONS}) a key that is not in the table is an
+error; other sections are free for plugins, but a section name one edit away
+from a known one is a warning (L{Settings.warnings}).
+
 Every mistake becomes a L{ConfigError} naming the file, section and key, so
 the server can refuse to start with one clear line.  This module knows
 nothing of Twisted: listeners are plain endpoint description strings, which
@@ -21,11 +27,12 @@ the service turns into endpoints.
 from __future__ import annotations
 
 import configparser
+import difflib
 import ipaddress
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -35,10 +42,6 @@ import attr
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 T = TypeVar("T")
-
-DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
-DEFAULT_PORT = 8080
-DEFAULT_BINDTO = "127.0.0.1"
 
 _TRUE_WORDS = frozenset({"true", "yes", "on", "1", "enable", "enabled"})
 _FALSE_WORDS = frozenset({"false", "no", "off", "0", "disable", "disabled"})
@@ -51,22 +54,7 @@ _ENDPOINT_PATH_KEYS = frozenset(
     {"privateKey", "certKey", "extraCertChain", "caCertsDir", "dhParameters"}
 )
 
-# Keys whose values are file names, resolved against the config directory
-# both in Settings and in Settings.sections (so plugins see absolute paths).
-_PATH_KEYS = frozenset(
-    {
-        ("paths", "plugins"),
-        ("server", "access_log"),
-        ("SSL", "keyfile"),
-        ("SSL", "certfile"),
-    }
-)
-
 _AUTH_MODES = ("global", "plugin", "none")
-
-# Typed empties, so mypy infers the right type for _Loader.get's default.
-_NO_WORDS: tuple[str, ...] = ()
-_NO_NETWORKS: tuple[Network, ...] = ()
 
 
 class ConfigError(Exception):
@@ -418,6 +406,416 @@ def _origins(value: Any, raw: str) -> tuple[str, ...]:
     return tuple(_origin(item) for item in items)
 
 
+def _hosts(value: Any, raw: str) -> tuple[str, ...] | None:
+    """
+    The Host allow-list, lower-cased (matching ignores case); empty means
+    any host, which is L{None}.
+    """
+    return tuple(host.lower() for host in _words(value, raw)) or None
+
+
+def _optional_networks(value: Any, raw: str) -> tuple[Network, ...] | None:
+    """
+    Like L{_networks}, but empty means "everyone", which is L{None}.
+    """
+    return _networks(value, raw) or None
+
+
+def _optional_secret(value: Any, raw: str) -> str | None:
+    """
+    Like L{_secret}, but empty means "no key", which is L{None}.
+    """
+    return _secret(value, raw) or None
+
+
+def _bindto(value: Any, raw: str) -> str:
+    """
+    An address to bind: IPv6 written bare or bracketed, as users write it,
+    comes back bare, as Twisted wants it.  Empty means the default.
+    """
+    return _string(value, raw).strip().strip("[]")
+
+
+# ---------------------------------------------------------------------------
+# The known keys: each declared once, here.  The Settings defaults, the
+# loader, the unknown-key check and the configuration reference's test
+# (tests/test_docs.py) all read this table.
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Key:
+    """
+    One configuration key the server reads.
+
+    @ivar section: its section, as written in the file (case matters).
+    @ivar name: the key, lower case (keys are case-insensitive).
+    @ivar coerce: turns the typed value (from L{parse_value}) into the
+        setting, or raises L{ValueError} saying what it expected.
+    @ivar default: the setting when the key is absent.  For a path key it is
+        the file name as it would be written (relative to the config file's
+        directory), or L{None}.
+    @ivar field: the L{Settings} attribute the key sets.
+    @ivar doc: what the key is, in one line (docs/configuration.md has the
+        full text under the key's own heading).
+    @ivar path: the value is a file name, resolved against the config
+        file's directory; empty means the default.
+    @ivar listener: the key is one of those that together describe the
+        listeners (C{[server] listen}, or the old C{[network]} and C{[SSL]}
+        keys): L{_Loader.listeners} combines them into C{field}.
+    """
+
+    section: str
+    name: str
+    coerce: Coercer[Any] = attr.ib(repr=False)
+    default: Any
+    field: str
+    doc: str
+    path: bool = False
+    listener: bool = False
+
+
+KEYS: tuple[Key, ...] = (
+    Key(
+        "server",
+        "listen",
+        _words,
+        ("tcp:8080:interface=127.0.0.1",),
+        "listen",
+        "The listeners: Twisted endpoint strings.",
+        listener=True,
+    ),
+    Key("server", "max_body", _integer(0), 1048576, "max_body", "The largest request body, bytes."),
+    Key(
+        "server",
+        "request_timeout",
+        _seconds(False),
+        30.0,
+        "request_timeout",
+        "Seconds a handler may take before the client gets 504.",
+    ),
+    Key(
+        "server",
+        "idle_timeout",
+        _seconds(False),
+        60.0,
+        "idle_timeout",
+        "Seconds before an idle connection is closed.",
+    ),
+    Key(
+        "server",
+        "header_timeout",
+        _seconds(False),
+        10.0,
+        "header_timeout",
+        "Seconds a request's head may take to arrive.",
+    ),
+    Key(
+        "server",
+        "shutdown_timeout",
+        _seconds(True),
+        10.0,
+        "shutdown_timeout",
+        "Seconds requests in flight may take to finish on shutdown.",
+    ),
+    Key(
+        "server",
+        "start_timeout",
+        _seconds(False),
+        30.0,
+        "start_timeout",
+        "Seconds a plugin's start() or stop() may take.",
+    ),
+    Key("server", "threads", _integer(1), 10, "threads", "Threads for blocking handlers."),
+    Key(
+        "server",
+        "allowed_hosts",
+        _hosts,
+        None,
+        "allowed_hosts",
+        "The Host header allow-list; absent or empty means any host.",
+    ),
+    Key("server", "log_format", _log_format, "text", "log_format", "The log format: text or json."),
+    Key(
+        "server",
+        "access_log",
+        _string,
+        None,
+        "access_log",
+        "The access log file; absent means none.",
+        path=True,
+    ),
+    Key(
+        "server",
+        "metrics_public",
+        _boolean,
+        False,
+        "metrics_public",
+        "Serve /metrics without the global key.",
+    ),
+    Key(
+        "paths",
+        "plugins",
+        _string,
+        "plugins",
+        "plugins_dir",
+        "The plugins directory.",
+        path=True,
+    ),
+    Key(
+        "auth",
+        "apikey",
+        _optional_secret,
+        None,
+        "apikey",
+        "The global API key; absent or empty means none.",
+    ),
+    Key(
+        "auth",
+        "allow_query_key",
+        _boolean,
+        False,
+        "allow_query_key",
+        "Also accept the key as ?apikey= (insecure).",
+    ),
+    Key("cors", "enabled", _boolean, False, "cors_enabled", "Turn the CORS checks on."),
+    Key("cors", "origin_url", _origins, (), "cors_origins", "The allowed origins, or *."),
+    Key(
+        "access",
+        "allow",
+        _optional_networks,
+        None,
+        "access_allow",
+        "The client networks served; absent or empty means everyone.",
+    ),
+    Key(
+        "access",
+        "trusted_proxies",
+        _networks,
+        (),
+        "trusted_proxies",
+        "The proxies whose X-Forwarded-For is believed.",
+    ),
+    # The old server's listener keys: used when [server] listen is absent.
+    Key(
+        "network",
+        "bindto",
+        _bindto,
+        "127.0.0.1",
+        "listen",
+        "The old server's listening address.",
+        listener=True,
+    ),
+    Key(
+        "network",
+        "port",
+        _integer(1, 65535),
+        8080,
+        "listen",
+        "The old server's listening port.",
+        listener=True,
+    ),
+    Key(
+        "SSL",
+        "enabled",
+        _boolean,
+        False,
+        "listen",
+        "Serve TLS on the [network] address.",
+        listener=True,
+    ),
+    Key(
+        "SSL",
+        "keyfile",
+        _string,
+        None,
+        "listen",
+        "The PEM private key, when [SSL] is enabled.",
+        path=True,
+        listener=True,
+    ),
+    Key(
+        "SSL",
+        "certfile",
+        _string,
+        None,
+        "listen",
+        "The PEM certificate and chain, when [SSL] is enabled.",
+        path=True,
+        listener=True,
+    ),
+)
+"""Every key the server reads, in the order the reference documents them."""
+
+OWNED_SECTIONS: tuple[str, ...] = (
+    "server",
+    "network",
+    "SSL",
+    "auth",
+    "cors",
+    "access",
+    "tls",
+    "limits",
+)
+"""
+The sections the server owns: a key in one of them that is not in L{KEYS}
+is an error.  C{[tls]} and C{[limits]} have no keys yet.
+"""
+
+KNOWN_SECTIONS: tuple[str, ...] = (*OWNED_SECTIONS, "paths", "plugin_parms", "DEFAULT")
+"""
+Every section name the server gives a meaning to.  C{[paths]} has a known
+key but stays free for plugins, as does any other section; a section name
+one edit away from one of these is reported as a likely misspelling.
+"""
+
+_KEY_INDEX: Mapping[tuple[str, str], Key] = MappingProxyType(
+    {(key.section, key.name): key for key in KEYS}
+)
+
+
+def known_key(section: str, name: str) -> Key | None:
+    """
+    The table's entry for C{[section] name}, or L{None}.
+    """
+    return _KEY_INDEX.get((section, name.lower()))
+
+
+def _field_default(field: str) -> Any:
+    """
+    The default of the L{Settings} attribute C{field}: the default of the
+    one key that sets it directly.
+    """
+    (key,) = [key for key in KEYS if key.field == field and not key.listener]
+    return key.default
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """
+    Are C{a} and C{b} at most one edit apart: a character added, removed or
+    changed, or two neighbours swapped?
+    """
+    if a == b:
+        return True
+    if len(a) == len(b):
+        diffs = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        if len(diffs) == 1:
+            return True
+        first, *rest = diffs
+        return (
+            len(diffs) == 2
+            and rest[0] == first + 1
+            and a[first] == b[first + 1]
+            and a[first + 1] == b[first]
+        )
+    short, long = sorted((a, b), key=len)
+    if len(long) - len(short) != 1:
+        return False
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def misspelt_sections(names: Iterable[str]) -> dict[str, str]:
+    """
+    The section names that look like misspellings of a known one, each with
+    the known name: C{[path]}, C{[sever]}, C{[Server]}, C{[ssl]},
+    C{[plugin_params]}.  Case differences count: section names are
+    case-sensitive, so C{[Server]} is not C{[server]}.
+
+    @return: C{{written: known}}, in the order given.
+    """
+    found: dict[str, str] = {}
+    for name in names:
+        if name in KNOWN_SECTIONS:
+            continue
+        for known in KNOWN_SECTIONS:
+            if _one_edit(name.lower(), known.lower()):
+                found[name] = known
+                break
+    return found
+
+
+def _unknown_key_message(section: str, name: str) -> str:
+    """
+    Say that C{[section] name} is unknown, naming the nearest known key:
+    one of the section's own, or the same key in another section.
+    """
+    own = [key.name for key in KEYS if key.section == section]
+    close = difflib.get_close_matches(name, own, n=1)
+    if close:
+        return f"unknown key (did you mean {close[0]}?)"
+    elsewhere = [key for key in KEYS if key.name == name and key.section != section]
+    if elsewhere:
+        return f"unknown key (did you mean [{elsewhere[0].section}] {name}?)"
+    if not own:
+        return f"unknown key (this version reads no keys in [{section}])"
+    if len(own) <= _LISTED_KEYS:
+        return f"unknown key (the keys of [{section}] are {', '.join(own)})"
+    return f"unknown key (docs/configuration.md lists the keys of [{section}])"
+
+
+# Up to this many known keys are listed in an unknown-key message; more
+# would not fit the one line it must be.
+_LISTED_KEYS = 5
+
+
+# ---------------------------------------------------------------------------
+# Listeners beyond loopback, for the warnings.  Endpoint strings are read as
+# text here, with Twisted's argument order for its built-in types.
+
+# The 1-based place of interface among the positional arguments (port
+# first) of Twisted's tcp:, tcp6: and ssl: parsers.
+_INTERFACE_POSITION = {"tcp": 2, "tcp6": 3, "ssl": 5}
+_ALL_INTERFACES = {"tcp": "0.0.0.0", "tcp6": "::", "ssl": "0.0.0.0"}
+
+
+def _loopback(name: str) -> bool:
+    """
+    Is C{name} (a host name or an address, IPv6 bracketed or not) loopback?
+    """
+    name = name.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def listener_exposure(description: str) -> str | None:
+    """
+    Where a listener can be reached from beyond this host: C{"all
+    interfaces"}, the non-loopback address it binds, or L{None} when it is
+    loopback only or not a network listener.
+
+    Only C{tcp:}, C{tcp6:} and C{ssl:} are network listeners here.  A
+    C{unix:} socket is local.  A C{systemd:} socket is bound by systemd,
+    where this configuration cannot see its address; other endpoint types
+    are not known.  Those are never reported.
+    """
+    segments = [_unescape(s) for s in _split_unescaped(description, ":")]
+    kind = segments[0].strip().lower()
+    if kind not in _INTERFACE_POSITION:
+        return None
+    interface = ""
+    positional = 0
+    for segment in segments[1:]:
+        name, equals, value = segment.partition("=")
+        if equals:
+            if name == "interface":
+                interface = value
+        else:
+            positional += 1
+            if positional == _INTERFACE_POSITION[kind]:
+                interface = segment
+    address = interface.strip().strip("[]") or _ALL_INTERFACES[kind]
+    if _loopback(address):
+        return None
+    try:
+        unspecified = ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        unspecified = False
+    return "all interfaces" if unspecified else address
+
+
 # ---------------------------------------------------------------------------
 # Settings
 
@@ -450,37 +848,88 @@ class Settings:
     @ivar sections: every section's typed values, read-only; the known path
         keys hold absolute paths and C{[plugin_parms]} holds the raw
         (interpolated) query strings.
+
+    Every other attribute is set by one key of L{KEYS}, which gives its
+    default too.
     """
 
     path: str
     listen: tuple[str, ...]
     listen_origin: str
     plugins_dir: str
-    max_body: int = 1048576
-    request_timeout: float = 30.0
-    idle_timeout: float = 60.0
-    header_timeout: float = 10.0
-    shutdown_timeout: float = 10.0
-    start_timeout: float = 30.0
-    threads: int = 10
-    allowed_hosts: tuple[str, ...] | None = None
-    log_format: str = "text"
-    access_log: str | None = None
-    metrics_public: bool = False
-    apikey: str | None = attr.ib(default=None, repr=_redacted)
-    allow_query_key: bool = False
+    # The defaults are the key table's (KEYS): declared there, once.
+    max_body: int = _field_default("max_body")
+    request_timeout: float = _field_default("request_timeout")
+    idle_timeout: float = _field_default("idle_timeout")
+    header_timeout: float = _field_default("header_timeout")
+    shutdown_timeout: float = _field_default("shutdown_timeout")
+    start_timeout: float = _field_default("start_timeout")
+    threads: int = _field_default("threads")
+    allowed_hosts: tuple[str, ...] | None = _field_default("allowed_hosts")
+    log_format: str = _field_default("log_format")
+    access_log: str | None = _field_default("access_log")
+    metrics_public: bool = _field_default("metrics_public")
+    apikey: str | None = attr.ib(default=_field_default("apikey"), repr=_redacted)
+    allow_query_key: bool = _field_default("allow_query_key")
     # Mappings are unhashable and carry plugin keys: keep them out of the
     # hash and the repr.
     plugin_params: Mapping[str, Mapping[str, Any]] = attr.ib(
         factory=_frozen_empty, hash=False, repr=False
     )
-    cors_enabled: bool = False
-    cors_origins: tuple[str, ...] = ()
-    access_allow: tuple[Network, ...] | None = None
-    trusted_proxies: tuple[Network, ...] = ()
+    cors_enabled: bool = _field_default("cors_enabled")
+    cors_origins: tuple[str, ...] = _field_default("cors_origins")
+    access_allow: tuple[Network, ...] | None = _field_default("access_allow")
+    trusted_proxies: tuple[Network, ...] = _field_default("trusted_proxies")
     sections: Mapping[str, Mapping[str, Any]] = attr.ib(
         factory=_frozen_empty, hash=False, repr=False
     )
+
+    @property
+    def listen_source(self) -> str:
+        """
+        Where the listeners came from, for messages: C{--listen}, or the
+        file and the key (C{/etc/ps.ini: [server] listen}).
+        """
+        if self.listen_origin == "--listen":
+            return "--listen"
+        return f"{self.path}: {self.listen_origin}"
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """
+        What in this configuration is probably a mistake but does not stop
+        the server, one line each: a section name that looks like a
+        misspelling of a known one (C{[path]} for C{[paths]}), and a
+        listener reachable from beyond this host while C{[server]
+        allowed_hosts} admits loopback names only, or while there is no
+        C{[auth] apikey}.
+
+        Derived from the other attributes, so it follows
+        L{with_overrides} and is not part of equality or the hash.
+        """
+        lines = [
+            f"{self.path}: [{written}]: unknown section (did you mean [{known}]?)"
+            for written, known in misspelt_sections(self.sections).items()
+        ]
+        loopback_hosts = self.allowed_hosts is not None and all(
+            _loopback(host) for host in self.allowed_hosts
+        )
+        for description in self.listen:
+            exposure = listener_exposure(description)
+            if exposure is None:
+                continue
+            where = f"{self.listen_source}: {description}: listens on {exposure}"
+            if loopback_hosts:
+                lines.append(
+                    f"{where}, but [server] allowed_hosts admits loopback names only: "
+                    "clients from elsewhere get 400 (host not allowed)"
+                )
+            if self.apikey is None:
+                lines.append(
+                    f"{where} and [auth] apikey is empty: whoever reaches it may call "
+                    "the utility routes and every plugin whose auth is global without a key"
+                )
+        return tuple(lines)
 
     def with_overrides(
         self,
@@ -527,20 +976,23 @@ def load_settings(path: str, environ: Mapping[str, str] | None = None) -> Settin
         wrong.
     """
     absolute = os.path.abspath(path)
+    raw, explicit = _read_ini(absolute)
     loader = _Loader(
         path=absolute,
         base_dir=os.path.dirname(absolute),
         environ=os.environ if environ is None else environ,
-        raw=_read_ini(absolute),
+        raw=raw,
+        explicit=explicit,
     )
     return loader.settings()
 
 
-def _read_ini(path: str) -> dict[str, dict[str, str]]:
+def _read_ini(path: str) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, ...]]]:
     """
     Parse the INI file into raw strings: C{{section: {key: value}}}, keys
     lower-cased, C{[DEFAULT]} under its own name as well as merged into
-    every section (as configparser does).
+    every section (as configparser does); and each section's own keys, in
+    the file's order, without those that come from C{[DEFAULT]}.
     """
     parser = configparser.ConfigParser(
         interpolation=None,  # we interpolate ourselves, before typing
@@ -581,12 +1033,14 @@ def _read_ini(path: str) -> dict[str, dict[str, str]]:
         else {}
     )
     raw = {configparser.DEFAULTSECT: defaults}
+    written: dict[str, tuple[str, ...]] = {}
     for section in parser.sections():
         if section == configparser.DEFAULTSECT:
             continue
         explicit = dict(parser.items(section))
+        written[section] = tuple(explicit)
         raw[section] = explicit if section == "plugin_parms" else {**defaults, **explicit}
-    return raw
+    return raw, written
 
 
 @attr.s(auto_attribs=True)
@@ -600,6 +1054,8 @@ class _Loader:
     base_dir: str
     environ: Mapping[str, str]
     raw: dict[str, dict[str, str]]
+    # Each section's own keys, without those merged in from [DEFAULT].
+    explicit: Mapping[str, Sequence[str]] = attr.ib(factory=dict)
     _done: dict[tuple[str, str], str] = attr.ib(factory=dict)
     _active: list[tuple[str, str]] = attr.ib(factory=list)
     _typed: dict[str, dict[str, Any]] = attr.ib(factory=dict)
@@ -741,13 +1197,45 @@ class _Loader:
         except ValueError as e:
             raise self._error(section, key, str(e)) from None
 
-    def path_value(self, section: str, key: str) -> str | None:
+    def read(self, section: str, name: str) -> Any:
         """
-        C{[section] key} as an absolute path, or L{None} when absent or
+        The known key C{[section] name} as its table entry (L{KEYS}) says:
+        coerced, and for a path key made absolute; its default when absent
+        (or, for a path key, empty).
+        """
+        key = _KEY_INDEX[section, name]
+        if not key.path:
+            return self.get(section, name, key.coerce, key.default)
+        value = self.path_value(section, name)
+        if value is None and key.default is not None:
+            return _absolute(key.default, self.base_dir)
+        return value
+
+    def path_value(self, section: str, name: str) -> str | None:
+        """
+        C{[section] name} as an absolute path, or L{None} when absent or
         empty.
         """
-        value = self.get(section, key, _string, "").strip()
+        value = self.get(section, name, _string, "").strip()
         return _absolute(value, self.base_dir) if value else None
+
+    # -- checking
+
+    def check_keys(self) -> None:
+        """
+        Refuse a key the server does not know in a section it owns (a typo
+        there would otherwise be silently ignored).  Keys that come from
+        C{[DEFAULT]} only are not the section's own, and are not checked.
+
+        @raise ConfigError: naming the first unknown key in the file and the
+            nearest known one.
+        """
+        for section, names in self.explicit.items():
+            if section not in OWNED_SECTIONS:
+                continue
+            for name in names:
+                if (section, name) not in _KEY_INDEX:
+                    raise self._error(section, name, _unknown_key_message(section, name))
 
     # -- building
 
@@ -755,38 +1243,19 @@ class _Loader:
         """
         Build the L{Settings}.
         """
+        self.check_keys()
         self._interpolate_all()
         listen, origin = self.listeners()
-        plugins_dir = self.path_value("paths", "plugins") or _absolute("plugins", self.base_dir)
-        allowed_hosts = self.get("server", "allowed_hosts", _words, _NO_WORDS)
-        access_allow = self.get("access", "allow", _networks, _NO_NETWORKS)
-        apikey = self.get("auth", "apikey", _secret, "")
+        values = {key.field: self.read(key.section, key.name) for key in KEYS if not key.listener}
         return Settings(
             path=self.path,
             listen=listen,
             listen_origin=origin,
-            plugins_dir=plugins_dir,
-            max_body=self.get("server", "max_body", _integer(0), 1048576),
-            request_timeout=self.get("server", "request_timeout", _seconds(False), 30.0),
-            idle_timeout=self.get("server", "idle_timeout", _seconds(False), 60.0),
-            header_timeout=self.get("server", "header_timeout", _seconds(False), 10.0),
-            shutdown_timeout=self.get("server", "shutdown_timeout", _seconds(True), 10.0),
-            start_timeout=self.get("server", "start_timeout", _seconds(False), 30.0),
-            threads=self.get("server", "threads", _integer(1), 10),
-            allowed_hosts=tuple(h.lower() for h in allowed_hosts) or None,
-            log_format=self.get("server", "log_format", _log_format, "text"),
-            access_log=self.path_value("server", "access_log"),
-            metrics_public=self.get("server", "metrics_public", _boolean, False),
-            apikey=apikey or None,
-            allow_query_key=self.get("auth", "allow_query_key", _boolean, False),
             plugin_params=_build_plugin_params(
-                self.path, self._typed.get("plugin_parms", {}), plugins_dir
+                self.path, self._typed.get("plugin_parms", {}), values["plugins_dir"]
             ),
-            cors_enabled=self.get("cors", "enabled", _boolean, False),
-            cors_origins=self.get("cors", "origin_url", _origins, _NO_WORDS),
-            access_allow=access_allow or None,
-            trusted_proxies=self.get("access", "trusted_proxies", _networks, _NO_NETWORKS),
             sections=self.sections(),
+            **values,
         )
 
     def listeners(self) -> tuple[tuple[str, ...], str]:
@@ -794,30 +1263,32 @@ class _Loader:
         The listeners and where they came from: C{[server] listen}, else
         the old C{[network]}/C{[SSL]} keys, else the default.
         """
-        listen = self.get("server", "listen", _words, _NO_WORDS)
+        listen: tuple[str, ...] = ()
+        if self.has("server", "listen"):
+            listen = self.read("server", "listen")
         if listen:
             return (
                 tuple(resolve_endpoint_paths(d, self.base_dir) for d in listen),
                 "[server] listen",
             )
-        ssl = self.get("SSL", "enabled", _boolean, False)
+        ssl: bool = self.read("SSL", "enabled")
         has_port = self.has("network", "port")
         has_bindto = self.has("network", "bindto")
         if not (has_port or has_bindto or ssl):
-            return (DEFAULT_LISTEN,), "[server] listen (default)"
-        port = DEFAULT_PORT
-        if has_port:
-            port = self.get("network", "port", _integer(1, 65535), DEFAULT_PORT)
-        bindto = self.get("network", "bindto", _string, "").strip()
-        # Users write IPv6 either bare or bracketed; Twisted wants it bare.
-        bindto = bindto.strip("[]") or DEFAULT_BINDTO
+            default: tuple[str, ...] = _KEY_INDEX["server", "listen"].default
+            return default, "[server] listen (default)"
+        # "port =" (empty) means the default port, as an absent one does.
+        port: int = (
+            self.read("network", "port") if has_port else _KEY_INDEX["network", "port"].default
+        )
+        bindto: str = self.read("network", "bindto") or _KEY_INDEX["network", "bindto"].default
         description = f"{port}:interface={_escape(bindto)}"
         if not ssl:
             origin = "[network] port" if has_port else "[network] bindto"
             return (f"tcp:{description}",), origin
         keys = []
         for key in ("keyfile", "certfile"):
-            value = self.path_value("SSL", key)
+            value = self.read("SSL", key)
             if value is None:
                 # Never fall back to plain HTTP when TLS was asked for.
                 raise self._error("SSL", key, f"SSL is enabled, so {key} is required")
@@ -837,7 +1308,8 @@ class _Loader:
                 continue  # already merged into every section
             values = dict(typed)
             for key in values:
-                if (section, key) in _PATH_KEYS:
+                known = _KEY_INDEX.get((section, key))
+                if known is not None and known.path:
                     values[key] = self.path_value(section, key)
             result[section] = MappingProxyType(values)
         return MappingProxyType(result)

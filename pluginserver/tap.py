@@ -3,26 +3,44 @@
 twistd's entry point: command-line options and L{makeService}.
 
 Everything that can be checked before the reactor runs is checked in
-L{Options.postOptions}: the configuration file, the plugins directory and
-every listener's endpoint string (which, for C{ssl:}, loads the key and
-certificate).  A problem there is one line naming the file, section and key,
-and a non-zero exit; nothing is listening yet.
+L{Options.postOptions}, by L{validate}: the configuration file, the plugins
+directory and every listener's endpoint string (which, for C{ssl:}, loads the
+key and certificate).  A problem there is one line naming the file, section
+and key, and a non-zero exit; nothing is listening yet.  C{--check} runs the
+same validation, reports everything it found (warnings too) and exits.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import sys
-from typing import Any, ClassVar, NoReturn, TextIO
+from collections.abc import Callable
+from typing import Any, ClassVar, NoReturn, TextIO, TypeVar
 
+import attr
+import twisted
 from twisted.logger import formatEvent, jsonFileLogObserver
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
-from pluginserver.config import ConfigError, Settings, load_settings
+from pluginserver.config import ConfigError, Settings, load_settings, misspelt_sections
 from pluginserver.registry import PluginRegistry
 from pluginserver.service import PluginServerService
 from pluginserver.tls import is_tls, listener_problem
+from pluginserver.version import version
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _help(method: _Method) -> _Method:
+    """
+    usage.Options shows an C{opt_} method's docstring as that option's help,
+    keeping the docstring's line breaks and indentation as runs of spaces:
+    make it one paragraph, which the help text wraps to the terminal.
+    """
+    method.__doc__ = " ".join((method.__doc__ or "").split())
+    return method
 
 
 class Options(usage.Options):
@@ -30,20 +48,33 @@ class Options(usage.Options):
     C{twistd pluginserver} options.
     """
 
-    synopsis = "[--config FILE] [--listen ENDPOINT ...] [--plugins DIR]"
+    synopsis = "[--config FILE] [--listen ENDPOINT ...] [--plugins DIR] [--check]"
+
+    longdesc = (
+        "Serves every NAME.py of the plugins directory at /NAME. SIGHUP re-reads "
+        "the configuration and reloads every plugin; SIGTERM stops gracefully. "
+        "A bad configuration stops start-up with one line naming the file, "
+        "section and key. See docs/configuration.md and docs/operations.md."
+    )
 
     # Read by usage.Options from the class (and its bases), never changed.
     optParameters: ClassVar[list[list[str | None]]] = [
-        ["config", "c", "etc/ps.ini", "The configuration file (INI)."],
-        ["plugins", "p", None, "The plugins directory (replaces [paths] plugins)."],
+        [
+            "config",
+            "c",
+            "etc/ps.ini",
+            "The configuration file (INI), relative to the current directory.",
+        ],
+        ["plugins", "p", None, "The plugins directory; replaces [paths] plugins."],
     ]
 
     optFlags: ClassVar[list[list[str | None]]] = [
         [
             "check",
             None,
-            "Check the configuration, listeners, certificates and plugins, "
-            "print what was found, and exit 0 (all good) or 1, without listening.",
+            "Check the configuration, listeners, certificates and plugins without "
+            "listening; print what was found, warnings included, and exit 0 "
+            "(usable, even with warnings) or 1.",
         ],
     ]
 
@@ -51,15 +82,24 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
 
+    @_help
     def opt_listen(self, description: str) -> None:
         """
-        A Twisted endpoint string to listen on, e.g. tcp:8080:interface=127.0.0.1
-        or ssl:8443:privateKey=key.pem:certKey=cert.pem (repeatable; replaces
-        the configured listeners).
+        Listen on this Twisted endpoint string, e.g. tcp:8080:interface=127.0.0.1
+        or ssl:8443:privateKey=key.pem:certKey=cert.pem. Repeat it for several
+        listeners; they replace the configured ones.
         """
         self["listen"].append(description)
 
     opt_l = opt_listen
+
+    @_help
+    def opt_version(self) -> NoReturn:
+        """
+        Print pluginserver's version (with Twisted's and Python's) and exit.
+        """
+        print(version_line())
+        raise SystemExit(0)
 
     def load(self) -> Settings:
         """
@@ -69,22 +109,116 @@ class Options(usage.Options):
         return settings.with_overrides(listen=self["listen"] or None, plugins_dir=self["plugins"])
 
     def postOptions(self) -> None:
+        """
+        Load and validate the configuration: one line and exit status 1 when
+        it cannot be used, the C{--check} report and its exit status when
+        asked for, otherwise the settings for L{makeService}.
+        """
         try:
             settings = self.load()
         except ConfigError as e:
             _fail(str(e))
-        if not os.path.isdir(settings.plugins_dir):
-            origin = "--plugins" if self["plugins"] else f"{settings.path}: [paths] plugins"
-            _fail(f"{origin}: {settings.plugins_dir} is not a directory")
+        self["settings"] = settings
         from twisted.internet import reactor
 
-        for description in settings.listen:
-            problem = listener_problem(reactor, description)
-            if problem is not None:
-                _fail(f"{_origin(settings)}: {description}: {problem}")
-        self["settings"] = settings
+        overridden = self["plugins"] is not None
         if self["check"]:
-            raise SystemExit(check(settings, sys.stdout))
+            raise SystemExit(check(settings, sys.stdout, overridden, reactor))
+        problems = validate(settings, reactor, overridden).problems()
+        if problems:
+            _fail(problems[0])
+
+
+def version_line() -> str:
+    """
+    What C{--version} prints: C{pluginserver 0.1.0 (Twisted 24.3.0, Python
+    3.11.9)}.
+    """
+    return (
+        f"pluginserver {version()} "
+        f"(Twisted {twisted.__version__}, Python {platform.python_version()})"
+    )
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ListenerCheck:
+    """
+    One listener as start-up checks it.
+
+    @ivar description: its endpoint string.
+    @ivar problem: what is wrong with it in words, or L{None}.
+    @ivar tls: whether it serves TLS.
+    """
+
+    description: str
+    problem: str | None
+    tls: bool
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Validation:
+    """
+    What start-up checks before anything listens, beyond the configuration
+    file itself (which L{load_settings} checked): the plugins directory and
+    every listener.  Start-up stops on the first problem; C{--check} reports
+    them all.
+
+    @ivar settings: the settings checked.
+    @ivar plugins_origin: where the plugins directory came from, for
+        messages: C{--plugins} or the file and key.
+    @ivar plugins_problem: what is wrong with the plugins directory, or
+        L{None}.
+    @ivar listeners: each listener, in order.
+    """
+
+    settings: Settings
+    plugins_origin: str
+    plugins_problem: str | None
+    listeners: tuple[ListenerCheck, ...]
+
+    def problems(self) -> list[str]:
+        """
+        Every problem as the one line start-up fails with, the plugins
+        directory first.
+        """
+        lines = []
+        if self.plugins_problem is not None:
+            lines.append(
+                f"{self.plugins_origin}: {self.settings.plugins_dir} is {self.plugins_problem}"
+            )
+        source = self.settings.listen_source
+        for listener in self.listeners:
+            if listener.problem is not None:
+                lines.append(f"{source}: {listener.description}: {listener.problem}")
+        return lines
+
+
+def validate(
+    settings: Settings, reactor: Any, plugins_from_command_line: bool = False
+) -> Validation:
+    """
+    Check what a loaded configuration needs from the machine: that the
+    plugins directory is one, and that every listener's endpoint string
+    parses (and, for C{ssl:}, that its key and certificate load and match),
+    without listening.  Used by start-up and C{--check} alike.
+
+    @param plugins_from_command_line: the plugins directory came from
+        C{--plugins}, so messages name that instead of the file.
+    """
+    origin = "--plugins" if plugins_from_command_line else f"{settings.path}: [paths] plugins"
+    problem = None
+    if not os.path.isdir(settings.plugins_dir):
+        problem = "not a directory"
+        if not plugins_from_command_line:
+            # [path] instead of [paths] leaves the default directory, which
+            # is missing: say why it was not the one written.
+            for written, known in misspelt_sections(settings.sections).items():
+                if known == "paths":
+                    problem += f" (note: [{written}] looks like a misspelling of [paths])"
+    listeners = tuple(
+        ListenerCheck(d, listener_problem(reactor, d), is_tls(d)) for d in settings.listen
+    )
+    return Validation(settings, origin, problem, listeners)
 
 
 class _JSONLogger:
@@ -115,24 +249,54 @@ class _JSONLogger:
         return withText
 
 
-def check(settings: Settings, out: TextIO) -> int:
+def check(
+    settings: Settings,
+    out: TextIO,
+    plugins_from_command_line: bool = False,
+    reactor: Any = None,
+) -> int:
     """
-    Report what the configuration holds, load every TLS pair and import
-    every plugin (none is started); return the exit status.
+    C{--check}: report what the configuration holds, load every TLS pair and
+    import every plugin (none is started), then print the warnings and a
+    summary; return the exit status: 1 when anything would stop the server
+    or a plugin from loading, else 0 (warnings do not count).
     """
-    from twisted.internet import reactor
-
+    if reactor is None:
+        from twisted.internet import reactor
+    validation = validate(settings, reactor, plugins_from_command_line)
     problems = 0
     out.write(f"config {settings.path}: ok\n")
-    for description in settings.listen:
-        problem = listener_problem(reactor, description)
-        if problem is not None:
+    for listener in validation.listeners:
+        if listener.problem is not None:
             problems += 1
-            out.write(f"listener {description}: FAILED: {problem}\n")
+            out.write(f"listener {listener.description}: FAILED: {listener.problem}\n")
         else:
-            kind = "TLS" if is_tls(description) else "plain"
-            out.write(f"listener {description}: ok ({kind})\n")
-    out.write(f"plugins directory {settings.plugins_dir}: ok\n")
+            kind = "TLS" if listener.tls else "plain"
+            out.write(f"listener {listener.description}: ok ({kind})\n")
+    if validation.plugins_problem is not None:
+        problems += 1
+        out.write(
+            f"plugins directory {settings.plugins_dir}: FAILED: {validation.plugins_problem}\n"
+        )
+    else:
+        out.write(f"plugins directory {settings.plugins_dir}: ok\n")
+        problems += _check_plugins(settings, out)
+    warnings = settings.warnings
+    for warning in warnings:
+        out.write(f"warning: {warning}\n")
+    summary = "OK" if not problems else f"{problems} problem(s)"
+    if warnings:
+        summary += f", {len(warnings)} warning(s)"
+    out.write(summary + "\n")
+    return 0 if not problems else 1
+
+
+def _check_plugins(settings: Settings, out: TextIO) -> int:
+    """
+    Import every plugin module of the plugins directory (none is started)
+    and report each; return how many failed.
+    """
+    failed = 0
     registry = PluginRegistry(
         settings.plugins_dir, settings.plugin_params, settings, package="pluginserver_check"
     )
@@ -142,18 +306,11 @@ def check(settings: Settings, out: TextIO) -> int:
                 auth = registry.params_for(stem, name).get("auth", "global")
                 out.write(f"plugin {stem}: ok (/{name}, auth={auth})\n")
             else:
-                problems += 1
+                failed += 1
                 out.write(f"plugin {stem}: FAILED: {error}\n")
     finally:
         registry.close()
-    out.write("OK\n" if not problems else f"{problems} problem(s)\n")
-    return 0 if not problems else 1
-
-
-def _origin(settings: Settings) -> str:
-    if settings.listen_origin == "--listen":
-        return "--listen"
-    return f"{settings.path}: {settings.listen_origin}"
+    return failed
 
 
 def _fail(message: str) -> NoReturn:
@@ -184,4 +341,4 @@ def makeService(options: Options) -> PluginServerService:
     return service
 
 
-__all__: list[str] = ["Options", "makeService"]
+__all__: list[str] = ["Options", "check", "makeService", "validate"]

@@ -11,15 +11,22 @@ from collections.abc import Mapping
 from ipaddress import ip_network
 from typing import Any
 
+import attr
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pluginserver.config import (
+    KEYS,
+    KNOWN_SECTIONS,
+    OWNED_SECTIONS,
     ConfigError,
     Settings,
+    known_key,
+    listener_exposure,
     load_settings,
+    misspelt_sections,
     parse_value,
     resolve_endpoint_paths,
 )
@@ -285,8 +292,10 @@ class FileTests(ConfigTestCase):
         )
 
     def test_unknownSectionsAndKeysAreKeptTyped(self) -> None:
-        settings = self.load("[server]\ncolour = blue\n[mine]\nlimit = int:5\nnames = list:a b\n")
-        self.assertEqual(settings.sections["server"]["colour"], "blue")
+        # [server] is the server's own: an unknown key there is an error
+        # (UnknownKeyTests); [paths] and other sections are free.
+        settings = self.load("[paths]\ncolour = blue\n[mine]\nlimit = int:5\nnames = list:a b\n")
+        self.assertEqual(settings.sections["paths"]["colour"], "blue")
         self.assertEqual(dict(settings.sections["mine"]), {"limit": 5, "names": ["a", "b"]})
 
     def test_badValueInUnknownSection(self) -> None:
@@ -857,3 +866,325 @@ class OverrideTests(ConfigTestCase):
         moved = settings.with_overrides(plugins_dir=self.inDir("other"))
         self.assertEqual(dict(moved.plugin_params["p"]), {"v": 2})
         self.assertEqual(dict(settings.plugin_params["p"]), {"v": 1})
+
+
+class KeyTableTests(ConfigTestCase):
+    """
+    L{KEYS} declares every key once; the Settings defaults and the loader
+    follow it.
+    """
+
+    DERIVED = frozenset({"path", "listen_origin", "plugin_params", "sections"})
+    """Settings attributes that no single key sets."""
+
+    def test_keysAreUnique(self) -> None:
+        where = [(key.section, key.name) for key in KEYS]
+        self.assertEqual(len(where), len(set(where)))
+        for key in KEYS:
+            self.assertEqual(key.name, key.name.lower(), key)
+            self.assertIs(known_key(key.section, key.name.upper()), key)
+
+    def test_keysAreInKnownSections(self) -> None:
+        for key in KEYS:
+            self.assertIn(key.section, KNOWN_SECTIONS, key)
+            self.assertIn(key.section, (*OWNED_SECTIONS, "paths"), key)
+
+    def test_docsAreOneLine(self) -> None:
+        for key in KEYS:
+            self.assertTrue(key.doc.endswith("."), key)
+            self.assertNotIn("\n", key.doc, key)
+
+    def test_everyFieldIsSetByAKey(self) -> None:
+        fields = set(attr.fields_dict(Settings))
+        self.assertEqual(fields - self.DERIVED, {key.field for key in KEYS})
+
+    def test_settingsDefaultsAreTheTable(self) -> None:
+        fields = attr.fields_dict(Settings)
+        for key in KEYS:
+            default = fields[key.field].default
+            if key.listener or (key.path and key.default is not None):
+                # The listeners and a relative default directory depend on
+                # the file: the loader always gives them.
+                self.assertIs(default, attr.NOTHING, key)
+            else:
+                self.assertEqual(default, key.default, key)
+
+    def test_emptyFileGivesTheDefaults(self) -> None:
+        settings = self.load("")
+        for key in KEYS:
+            value = getattr(settings, key.field)
+            if key.listener:
+                continue
+            if key.path and key.default is not None:
+                self.assertEqual(value, self.inDir(key.default), key)
+            else:
+                self.assertEqual(value, key.default, key)
+        self.assertEqual(settings.listen, known_key("server", "listen").default)  # type: ignore[union-attr]
+
+    def test_pathKeysAreAbsoluteInSections(self) -> None:
+        for key in KEYS:
+            if not key.path:
+                continue
+            ini = f"[{key.section}]\n{key.name} = some/file\n"
+            self.assertEqual(
+                self.load(ini).sections[key.section][key.name], self.inDir("some", "file"), key
+            )
+
+
+class UnknownKeyTests(ConfigTestCase):
+    """
+    A key the server does not know, in a section it owns, is an error.
+    """
+
+    def test_eachOwnedSection(self) -> None:
+        for section in OWNED_SECTIONS:
+            error = self.loadError(f"[{section}]\nno_such_key = 1\n")
+            self.assertErrorAt(error, section, "no_such_key")
+            self.assertIn("unknown key", error.message)
+        self.assertEqual(
+            set(OWNED_SECTIONS),
+            {"server", "network", "SSL", "auth", "cors", "access", "tls", "limits"},
+        )
+
+    def test_nearestKnownKey(self) -> None:
+        path = self.write("[auth]\napi_key = x\n")
+        error = self.assertRaises(ConfigError, load_settings, path, {})
+        self.assertEqual(str(error), f"{path}: [auth] api_key: unknown key (did you mean apikey?)")
+
+    def test_nearestKnownKeyInEachSection(self) -> None:
+        for section, written, meant in [
+            ("server", "maxbody", "max_body"),
+            ("server", "request-timeout", "request_timeout"),
+            ("network", "bind_to", "bindto"),
+            ("SSL", "key_file", "keyfile"),
+            ("cors", "origin_urls", "origin_url"),
+            ("access", "trusted_proxy", "trusted_proxies"),
+        ]:
+            error = self.loadError(f"[{section}]\n{written} = 1\n")
+            self.assertErrorAt(error, section, written)
+            self.assertEqual(error.message, f"unknown key (did you mean {meant}?)")
+
+    def test_keyOfAnotherSection(self) -> None:
+        error = self.loadError("[server]\napikey = x\n")
+        self.assertErrorAt(error, "server", "apikey")
+        self.assertEqual(error.message, "unknown key (did you mean [auth] apikey?)")
+        error = self.loadError("[server]\nplugins = p\n")
+        self.assertEqual(error.message, "unknown key (did you mean [paths] plugins?)")
+
+    def test_noCloseMatch(self) -> None:
+        error = self.loadError("[cors]\ncolour = blue\n")
+        self.assertEqual(error.message, "unknown key (the keys of [cors] are enabled, origin_url)")
+        error = self.loadError("[server]\ncolour = blue\n")
+        self.assertEqual(
+            error.message, "unknown key (docs/configuration.md lists the keys of [server])"
+        )
+
+    def test_sectionsWithoutKeysYet(self) -> None:
+        for section in ("tls", "limits"):
+            error = self.loadError(f"[{section}]\nrate = float:1\n")
+            self.assertErrorAt(error, section, "rate")
+            self.assertEqual(
+                error.message, f"unknown key (this version reads no keys in [{section}])"
+            )
+        # An empty owned section is fine.
+        self.load("[tls]\n[limits]\n")
+
+    def test_keysAreCaseInsensitive(self) -> None:
+        error = self.loadError("[auth]\nAPI_Key = x\n")
+        self.assertErrorAt(error, "auth", "api_key")
+        self.assertEqual(self.load("[auth]\nAPIKEY = x\n").apikey, "x")
+
+    def test_firstInFileOrder(self) -> None:
+        error = self.loadError("[cors]\nenabled = yes\nzeta = 1\nalpha = 2\n[auth]\nbeta = 3\n")
+        self.assertErrorAt(error, "cors", "zeta")
+
+    def test_valueIsNeverShown(self) -> None:
+        error = self.loadError("[auth]\napi_key = topsecret\n")
+        self.assertNotIn("topsecret", str(error))
+
+    def test_beforeValueErrors(self) -> None:
+        # The misspelt key is the mistake to fix first: its value went nowhere.
+        error = self.loadError("[server]\nmax_body = int:x\nthread = 4\n")
+        self.assertErrorAt(error, "server", "thread")
+        self.assertEqual(error.message, "unknown key (did you mean threads?)")
+
+    def test_defaultKeysAreNotTheSectionsOwn(self) -> None:
+        """
+        [DEFAULT] is merged into every section; its keys are not unknown
+        keys of the server's sections, and stay readable there.
+        """
+        settings = self.load(
+            "[DEFAULT]\nbase = /srv\nport_base = 80\n"
+            "[server]\naccess_log = ${base}/access.log\n[auth]\n[network]\n[SSL]\n"
+        )
+        self.assertEqual(settings.access_log, "/srv/access.log")
+        self.assertEqual(settings.sections["server"]["base"], "/srv")
+        self.assertEqual(settings.sections["auth"]["port_base"], "80")
+
+    def test_defaultKeyWrittenInSectionToo(self) -> None:
+        error = self.loadError("[DEFAULT]\nbase = /srv\n[server]\nbase = /opt\n")
+        self.assertErrorAt(error, "server", "base")
+
+    def test_freeSections(self) -> None:
+        settings = self.load(
+            "[paths]\nplugins = p\ndocuments = html:../www\n"
+            "[my_plugin]\nanything = int:3\n"
+            "[file_server]\nroot = /srv\n"
+            "[plugin_parms]\nwhatever = a=1\n"
+        )
+        self.assertEqual(settings.sections["paths"]["documents"], "html:../www")
+        self.assertEqual(settings.sections["my_plugin"]["anything"], 3)
+        self.assertEqual(settings.sections["file_server"]["root"], "/srv")
+        self.assertEqual(settings.warnings, ())
+
+    def test_sectionNamesAreCaseSensitive(self) -> None:
+        # [Auth] is not [auth]: not checked, but warned about.
+        settings = self.load("[Auth]\napi_key = x\n")
+        self.assertIsNone(settings.apikey)
+        self.assertEqual(len(settings.warnings), 1)
+
+
+class SectionWarningTests(ConfigTestCase):
+    """
+    A section name one edit away from a known one is a warning.
+    """
+
+    def test_nearMisses(self) -> None:
+        for written, known in [
+            ("path", "paths"),
+            ("sever", "server"),
+            ("servre", "server"),
+            ("Server", "server"),
+            ("servers", "server"),
+            ("ssl", "SSL"),
+            ("plugin_params", "plugin_parms"),
+            ("acess", "access"),
+            ("limit", "limits"),
+            ("default", "DEFAULT"),
+        ]:
+            path = self.write(f"[{written}]\nx = 1\n")
+            settings = load_settings(path, {})
+            self.assertEqual(
+                settings.warnings,
+                (f"{path}: [{written}]: unknown section (did you mean [{known}]?)",),
+                written,
+            )
+
+    def test_notNearMisses(self) -> None:
+        self.assertEqual(
+            misspelt_sections(
+                ["mine", "greet", "file_server", "systeminfo", "paths", "server", "DEFAULT"]
+            ),
+            {},
+        )
+
+    def test_inOrder(self) -> None:
+        self.assertEqual(
+            misspelt_sections(["sevrer", "mine", "path", "Cors"]),
+            {"sevrer": "server", "path": "paths", "Cors": "cors"},
+        )
+
+    def test_warningIsNotAnError(self) -> None:
+        settings = self.load("[path]\nplugins = elsewhere\n")
+        self.assertEqual(settings.plugins_dir, self.inDir("plugins"))
+        self.assertEqual(settings.sections["path"]["plugins"], "elsewhere")
+
+    def test_notInEquality(self) -> None:
+        settings = self.load("[path]\n")
+        self.assertTrue(settings.warnings)
+        self.assertNotIn("warnings", attr.fields_dict(Settings))
+        hash(settings)
+
+
+class ExposureWarningTests(ConfigTestCase):
+    """
+    A listener reachable from beyond this host is warned about when
+    allowed_hosts admits loopback names only, and when there is no key.
+    """
+
+    def test_listenerExposure(self) -> None:
+        for description, expected in [
+            ("tcp:8080", "all interfaces"),
+            ("TCP:8080", "all interfaces"),
+            ("tcp:8080:interface=0.0.0.0", "all interfaces"),
+            ("tcp:8080:interface=127.0.0.1", None),
+            ("tcp:8080:interface=127.1.2.3", None),
+            ("tcp:8080:interface=localhost", None),
+            ("tcp:8080:interface=10.0.0.5", "10.0.0.5"),
+            ("tcp:8080:192.168.1.2", "192.168.1.2"),
+            ("tcp:8080:127.0.0.1:backlog=5", None),
+            ("tcp:port=8080:interface=127.0.0.1", None),
+            ("tcp:8080:interface=eth0.example", "eth0.example"),
+            ("tcp6:8080", "all interfaces"),
+            ("tcp6:8080:interface=\\:\\:", "all interfaces"),
+            ("tcp6:8080:interface=\\:\\:1", None),
+            ("tcp6:8080:50:\\:\\:1", None),
+            ("tcp6:8080:interface=fd00\\:\\:5", "fd00::5"),
+            ("ssl:8443:privateKey=k.pem:certKey=c.pem", "all interfaces"),
+            ("ssl:8443:privateKey=k.pem:certKey=c.pem:interface=127.0.0.1", None),
+            ("ssl:8443:k.pem:c.pem:interface=\\:\\:", "all interfaces"),
+            ("ssl:8443:k.pem:c.pem:SSLv23_METHOD:127.0.0.1", None),
+            ("unix:/run/ps.sock", None),
+            ("systemd:domain=INET:index=0", None),
+            ("onion:80", None),
+        ]:
+            self.assertEqual(listener_exposure(description), expected, description)
+
+    def test_loopbackHosts(self) -> None:
+        path = self.write(
+            "[server]\nlisten = tcp:8080:interface=0.0.0.0\n"
+            "allowed_hosts = list:localhost 127.0.0.1 [::1]\n[auth]\napikey = k\n"
+        )
+        self.assertEqual(
+            load_settings(path, {}).warnings,
+            (
+                f"{path}: [server] listen: tcp:8080:interface=0.0.0.0: listens on all "
+                "interfaces, but [server] allowed_hosts admits loopback names only: clients "
+                "from elsewhere get 400 (host not allowed)",
+            ),
+        )
+
+    def test_noKey(self) -> None:
+        path = self.write("[network]\nbindto = 10.0.0.5\nport = 8080\n")
+        self.assertEqual(
+            load_settings(path, {}).warnings,
+            (
+                f"{path}: [network] port: tcp:8080:interface=10.0.0.5: listens on 10.0.0.5 "
+                "and [auth] apikey is empty: whoever reaches it may call the utility routes "
+                "and every plugin whose auth is global without a key",
+            ),
+        )
+
+    def test_both(self) -> None:
+        settings = self.load(
+            "[server]\nlisten = tcp:1 tcp:2:interface=127.0.0.1 unix:s.sock\n"
+            "allowed_hosts = localhost\n"
+        )
+        self.assertEqual(len(settings.warnings), 2)
+        self.assertTrue(all(": tcp:1: " in w for w in settings.warnings))
+
+    def test_hostsBeyondLoopback(self) -> None:
+        settings = self.load(
+            "[server]\nlisten = tcp:1\nallowed_hosts = localhost api.example.com\n"
+            "[auth]\napikey = k\n"
+        )
+        self.assertEqual(settings.warnings, ())
+
+    def test_loopbackListeners(self) -> None:
+        settings = self.load(
+            "[server]\nlisten = tcp:1:interface=127.0.0.1 tcp6:2:interface=\\:\\:1 "
+            "unix:s.sock\nallowed_hosts = localhost\n"
+        )
+        self.assertEqual(settings.warnings, ())
+
+    def test_followsOverrides(self) -> None:
+        settings = self.load("[server]\nallowed_hosts = localhost\n[auth]\napikey = k\n")
+        self.assertEqual(settings.warnings, ())
+        moved = settings.with_overrides(listen=["tcp:9000"])
+        self.assertEqual(
+            moved.warnings,
+            (
+                "--listen: tcp:9000: listens on all interfaces, but [server] allowed_hosts "
+                "admits loopback names only: clients from elsewhere get 400 (host not allowed)",
+            ),
+        )

@@ -11,8 +11,8 @@ with its plugin and run by trial in a subprocess, and must print the result
 the doc shows.
 
 docs/configuration.md: every C{### `key`} heading under a C{## `[section]`}
-heading must be a key the configuration knows (its L{Settings} field, or a
-legacy C{[network]}/C{[SSL]} key), every key must be documented, the
+heading must be a key of the configuration's key table (L{KEYS}), every key
+of the table must be documented under its section's heading, the
 example under each key must change what that key reads, its documented
 default must be what leaving the key out gives, and every ini block must
 load (or, when marked C{<!-- error: TEXT -->}, fail with TEXT).
@@ -34,7 +34,7 @@ import attr
 from twisted.internet import defer, reactor, task, utils
 from twisted.trial.unittest import SynchronousTestCase
 
-from pluginserver.config import ConfigError, Settings, load_settings
+from pluginserver.config import KEYS, OWNED_SECTIONS, ConfigError, Settings, load_settings
 from pluginserver.web import PluginServerResource
 from tests.helpers import URL, FakeRuntime, ServerCase, stub_client
 
@@ -426,34 +426,12 @@ class PluginGuideTests(ServerCase):
 # ---------------------------------------------------------------------------
 # docs/configuration.md
 
-KNOWN: Mapping[tuple[str, str], str] = {
-    ("server", "listen"): "listen",
-    ("server", "max_body"): "max_body",
-    ("server", "request_timeout"): "request_timeout",
-    ("server", "idle_timeout"): "idle_timeout",
-    ("server", "header_timeout"): "header_timeout",
-    ("server", "shutdown_timeout"): "shutdown_timeout",
-    ("server", "start_timeout"): "start_timeout",
-    ("server", "threads"): "threads",
-    ("server", "allowed_hosts"): "allowed_hosts",
-    ("server", "log_format"): "log_format",
-    ("server", "access_log"): "access_log",
-    ("server", "metrics_public"): "metrics_public",
-    ("paths", "plugins"): "plugins_dir",
-    ("auth", "apikey"): "apikey",
-    ("auth", "allow_query_key"): "allow_query_key",
-    ("cors", "enabled"): "cors_enabled",
-    ("cors", "origin_url"): "cors_origins",
-    ("access", "allow"): "access_allow",
-    ("access", "trusted_proxies"): "trusted_proxies",
-    # The old server's keys: they describe the listener.
-    ("network", "bindto"): "listen",
-    ("network", "port"): "listen",
-    ("SSL", "enabled"): "listen",
-    ("SSL", "keyfile"): "listen",
-    ("SSL", "certfile"): "listen",
-}
-"""Every INI key the configuration reads, and the L{Settings} field it sets."""
+KNOWN: Mapping[tuple[str, str], str] = {(key.section, key.name): key.field for key in KEYS}
+"""
+Every INI key the configuration reads, and the L{Settings} field it sets:
+the key table of L{pluginserver.config}, where each key is declared once
+(the old server's C{[network]}/C{[SSL]} keys set the listeners).
+"""
 
 PLUGIN_PARAMS = frozenset({"auth", "auth_type", "apikey", "json"})
 """The [plugin_parms] parameters the server itself reads."""
@@ -541,6 +519,23 @@ class ConfigurationReferenceTests(SynchronousTestCase):
                 continue
             self.assertIn((section, key), KNOWN, f"[{section}] {key} is documented, not known")
             self.assertIn(KNOWN[section, key], fields, f"[{section}] {key}")
+
+    def test_documentedSectionsAreTheServers(self) -> None:
+        """
+        Every section the reference documents keys of is one the server
+        owns, or C{[paths]}/C{[plugin_parms]}.
+        """
+        for section, _ in self.documented():
+            self.assertIn(section, (*OWNED_SECTIONS, "paths", "plugin_parms"), section)
+
+    def test_unknownKeysAreDescribed(self) -> None:
+        """
+        The reference says which sections refuse unknown keys: every owned
+        section, named in its "Unknown keys" paragraph.
+        """
+        paragraph = self.text.split("### Unknown keys", 1)[1].split("\n## ", 1)[0]
+        for section in OWNED_SECTIONS:
+            self.assertIn(f"`[{section}]`", paragraph, section)
 
     def test_everyKeyIsDocumented(self) -> None:
         """
