@@ -69,11 +69,14 @@ def encode_json(value: Any) -> bytes:
     return encode(value).encode("utf-8")
 
 
-def error_body(message: str) -> bytes:
+def error_body(message: str, detail: str | None = None) -> bytes:
     """
-    The JSON body of an error answer: C{{"error": message}}.
+    The JSON body of an error answer: C{{"error": message}}, and
+    C{"detail"} when there is more a user can act on.
     """
-    return encode({"error": message}).encode("utf-8")
+    if detail is None:
+        return encode({"error": message}).encode("utf-8")
+    return encode({"error": message, "detail": detail}).encode("utf-8")
 
 
 INTERNAL_ERROR = error_body("internal error")
@@ -128,11 +131,12 @@ def answer(request: Request, status: int, body: bytes) -> Any:
     return body
 
 
-def error(request: Request, status: int, message: str) -> Any:
+def error(request: Request, status: int, message: str, detail: str | None = None) -> Any:
     """
-    Answer C{request} with an error: C{status} and C{{"error": message}}.
+    Answer C{request} with an error: C{status} and C{{"error": message}}
+    (and C{detail}, see L{error_body}).
     """
-    return answer(request, status, error_body(message))
+    return answer(request, status, error_body(message, detail))
 
 
 def json_answer(request: Request, status: int, value: Any) -> bytes:

@@ -12,8 +12,10 @@ reaches the client.
 
 from __future__ import annotations
 
+import math
 import types
 from collections.abc import Generator
+from time import perf_counter as _now
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from klein import Klein
@@ -53,6 +55,7 @@ from pluginserver.security import (
     WWW_AUTHENTICATE,
     SecurityPolicy,
     find_key,
+    host_without_port,
     keys_match,
     preflight_headers,
 )
@@ -62,6 +65,9 @@ if TYPE_CHECKING:
     from pluginserver.site import PluginServerRequest
 
 log = Logger()
+
+HELD_TOO_LONG = 0.5
+"""Seconds a plugin's handle may hold the reactor before a warning says so."""
 
 
 _UTILITY_METHODS = frozenset({"GET", "HEAD", "POST"})
@@ -133,6 +139,10 @@ class PluginServerResource(Resource):
         self._metrics = metrics
         self._utility: Resource = UtilityRoutes(runtime, metrics).app.resource()
         self._lookup = runtime.registry.get
+        # When each generation last warned of holding the reactor.
+        self._heldWarned: dict[tuple[str, int], float] = {}
+        # When each refused Host was last logged.
+        self._hostLogged: dict[str, float] = {}
         self.configure(runtime.settings)
 
     def configure(self, settings: Settings) -> None:
@@ -153,18 +163,17 @@ class PluginServerResource(Resource):
             if absolute is None:
                 return error(request, 400, "bad request target")
             # RFC 9112 §3.2.2: the target's host replaces any Host header.
-            host, request.path = absolute
-            hosts = [host]
+            authority, request.path = absolute
+            hosts = [authority]
             request.requestHeaders.setRawHeaders(b"host", hosts)
         elif hosts is None:
             if request.clientproto != b"HTTP/1.0":
                 return error(request, 400, "missing Host header")
         elif len(hosts) != 1:
             return error(request, 400, "more than one Host header")
-        if policy.allowed_hosts is not None and not policy.host_allowed(
-            hosts[0] if hosts else None
-        ):
-            return error(request, 400, "host not allowed")
+        host = hosts[0] if hosts else None
+        if policy.allowed_hosts is not None and not policy.host_allowed(host):
+            return self._hostRefused(request, host)
         peer = getattr(request.client, "host", "")  # the peer's address; a unix: peer has none
         client = peer if not policy.trusted_proxies else self._client(request, policy)
         # A client on a unix: socket has no address: it is local, and the
@@ -313,11 +322,26 @@ class PluginServerResource(Resource):
         if loaded.blocking and self._threadpool is not None:
             d = deferToThreadPool(self._reactor, self._threadpool, loaded.handle, preq)
             return self._wait(request, loaded, d)
+        started = _now()
+        try:
+            return self._run(request, loaded, preq)
+        finally:
+            held = _now() - started
+            if held > HELD_TOO_LONG:
+                self._heldTheReactor(loaded, held)
+
+    def _run(self, request: HTTPRequest, loaded: LoadedPlugin, preq: PluginRequest) -> Any:
+        """
+        Call a plugin's handle on the reactor thread and answer what it
+        gives, or wait for it when it is asynchronous.
+        """
         try:
             result = loaded.handle(preq)
         except HTTPError as e:
             return error(request, e.status, e.message)
-        except Exception:
+        except BaseException:
+            # sys.exit() or any BaseException from a plugin fails this
+            # request only (Twisted's own signal handling raises nothing here).
             self._logFailure(Failure(), request, loaded)
             return error(request, 500, "internal error")
         if type(result) is dict:
@@ -412,6 +436,51 @@ class PluginServerResource(Resource):
             request.setHeader(b"content-length", b"%d" % (len(body),))
         request.write(body)
         request.finish()
+
+    def _hostRefused(self, request: HTTPRequest, host: bytes | None) -> Any:
+        """
+        Refuse a C{Host} outside C{[server] allowed_hosts}, saying which host
+        and which setting, and log it at most once a minute per host.
+        """
+        name = host_without_port(host)[:200] if host else ""
+        if host:
+            detail = f"host {name!r} is not in [server] allowed_hosts"
+        else:
+            detail = "the request names no host; [server] allowed_hosts needs one"
+        now = self._reactor.seconds()
+        if now - self._hostLogged.get(name, -math.inf) >= 60:
+            if len(self._hostLogged) > 1024:
+                self._hostLogged.clear()
+            self._hostLogged[name] = now
+            log.warn(
+                "Refused a request from {client}: {detail} ({path}); add it there "
+                "if clients reach this server by that name",
+                client=getattr(request.getClientAddress(), "host", "a unix socket"),
+                detail=detail,
+                path=self._runtime.settings.path,
+            )
+        return error(request, 400, "host not allowed", detail)
+
+    def _heldTheReactor(self, loaded: LoadedPlugin, held: float) -> None:
+        """
+        Warn that a plugin's handle kept every other request waiting, at
+        most once a minute per generation.
+        """
+        now = self._reactor.seconds()
+        key = (loaded.name, loaded.generation)
+        if now - self._heldWarned.get(key, -math.inf) < 60:
+            return
+        if len(self._heldWarned) > 1024:
+            self._heldWarned.clear()
+        self._heldWarned[key] = now
+        log.warn(
+            "Plugin {plugin} generation {generation} held the reactor for {held:.2f} s: "
+            "every other request waited.  Set blocking = True on its class to run "
+            "handle in a thread, or make it async.",
+            plugin=loaded.name,
+            generation=loaded.generation,
+            held=held,
+        )
 
     def _logError(
         self, request: HTTPRequest, loaded: LoadedPlugin, what: str, **fields: Any

@@ -366,7 +366,8 @@ class FramingTests(TestCase):
     def test_http10WithoutHostMeetsTheAllowList(self) -> None:
         # HTTP/1.0 may omit Host; the allow-list still decides.
         answer = self.answer(request("GET", "/hello", version="HTTP/1.0", host=None))
-        self.assertEqual((answer.status, answer.json()), (400, {"error": "host not allowed"}))
+        self.assertEqual(answer.status, 400)
+        self.assertEqual(answer.json()["error"], "host not allowed")
 
     def test_absoluteFormWithAnAllowedHostIsServedAsItsPath(self) -> None:
         answer = self.answer(request("GET", "http://localhost:8080/hello/a", host="evil.example"))
@@ -375,7 +376,14 @@ class FramingTests(TestCase):
 
     def test_absoluteFormWithAHostNotAllowedIs400(self) -> None:
         answer = self.answer(request("GET", "http://evil.example/hello", host="127.0.0.1"))
-        self.assertEqual((answer.status, answer.json()), (400, {"error": "host not allowed"}))
+        self.assertEqual(answer.status, 400)
+        self.assertEqual(
+            answer.json(),
+            {
+                "error": "host not allowed",
+                "detail": "host 'evil.example' is not in [server] allowed_hosts",
+            },
+        )
 
     def test_statusOutside200To599IsALogged500(self) -> None:
         for status in (100, 101, 199, 600, 0, -1, 1000):

@@ -10,6 +10,7 @@ from typing import Any
 from unittest import mock
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from pluginserver import security
@@ -238,10 +239,34 @@ class AddressAndHostTests(ServerCase):
         for host in ("localhost", "localhost:8080", "127.0.0.1:1", "[::1]:8080", "LOCALHOST"):
             status, _, _ = yield self.call("GET", "/p", headers={"Host": host})
             self.assertEqual(status, 200, host)
-        status, headers, body = yield self.call("GET", "/p", headers={"Host": "evil.example"})
-        self.assertEqual((status, body), (400, {"error": "host not allowed"}))
-        self.assertEqual(headers.getRawHeaders("x-content-type-options"), ["nosniff"])
-        self.assertEqual(headers.getRawHeaders("cache-control"), ["no-store"])
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for _ in range(3):
+            status, headers, body = yield self.call(
+                "GET", "/p", headers={"Host": "evil.example:8080"}
+            )
+            self.assertEqual(
+                (status, body),
+                (
+                    400,
+                    {
+                        "error": "host not allowed",
+                        "detail": "host 'evil.example' is not in [server] allowed_hosts",
+                    },
+                ),
+            )
+            self.assertEqual(headers.getRawHeaders("x-content-type-options"), ["nosniff"])
+            self.assertEqual(headers.getRawHeaders("cache-control"), ["no-store"])
+        # Logged once for the three (once a minute per host), naming the file.
+        refusals = [formatEvent(e) for e in events if "Refused a request" in formatEvent(e)]
+        self.assertEqual(len(refusals), 1, refusals)
+        self.assertIn("host 'evil.example' is not in [server] allowed_hosts", refusals[0])
+        self.assertIn("test.ini", refusals[0])
+        self.clock.advance(61)
+        yield self.call("GET", "/p", headers={"Host": "evil.example"})
+        refusals = [formatEvent(e) for e in events if "Refused a request" in formatEvent(e)]
+        self.assertEqual(len(refusals), 2)
 
 
 class PolicyTests(SynchronousTestCase):

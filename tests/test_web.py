@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.helpers import URL, ServerCase, plugin_source
 
@@ -392,3 +393,40 @@ class BadInputTests(ServerCase):
             self.assertEqual(status, 405)
             self.assertEqual(headers.getRawHeaders("allow"), ["GET, POST"])
         self.assertEqual(self.registry.get("p").generation, 1)  # type: ignore[union-attr]
+
+    @defer.inlineCallbacks
+    def test_aHandlerThatHoldsTheReactorIsNamedInAWarning(self) -> Any:
+        self.dir.write(
+            "slow",
+            plugin_source(
+                "time.sleep(float(request.args.get('s', '0'))) or 1", extra="import time"
+            ),
+        )
+        yield self.serve()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def warnings() -> list[str]:
+            return [formatEvent(e) for e in events if "held the reactor" in formatEvent(e)]
+
+        yield self.call("GET", "/slow?s=0.1")
+        self.assertEqual(warnings(), [])
+        for _ in range(2):
+            status, _, _ = yield self.call("GET", "/slow?s=0.6")
+            self.assertEqual(status, 200)
+        # Once a minute per generation, not once per request.
+        self.assertEqual(len(warnings()), 1)
+        self.assertIn("Plugin slow generation 1 held the reactor", warnings()[0])
+        self.assertIn("blocking = True", warnings()[0])
+        self.clock.advance(61)
+        yield self.call("GET", "/slow?s=0.6")
+        self.assertEqual(len(warnings()), 2)
+
+    @defer.inlineCallbacks
+    def test_baseExceptionFromHandleIsA500(self) -> Any:
+        self.dir.write("bye", plugin_source("sys.exit(3)", extra="import sys"))
+        yield self.serve()
+        status, _, body = yield self.call("GET", "/bye")
+        self.assertEqual((status, body), (500, {"error": "internal error"}))
+        self.assertEqual(len(self.flushLoggedErrors(SystemExit)), 1)
