@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator, Mapping, Sequence
@@ -624,3 +625,58 @@ class ConfigurationReferenceTests(SynchronousTestCase):
             )
             checked += 1
         self.assertGreaterEqual(checked, 2)
+
+
+class ReadmeWalkthroughTests(SynchronousTestCase):
+    """
+    The README walkthrough and then the README's test command, in one clone:
+    the walkthrough must leave the checkout as its tests and linters expect.
+    """
+
+    def setUp(self) -> None:
+        with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+            text = f.read()
+        start = text.index("## Walkthrough")
+        end = text.index("\n## ", start + 1)
+        self.blocks = [b for b in blocks(text[start:end]) if b.lang == "console"]
+        self.assertTrue(self.blocks)
+
+    def commands(self) -> list[list[str]]:
+        return [
+            shlex.split(line[2:].split("<<", 1)[0])
+            for block in self.blocks
+            for line in block.text.splitlines()
+            if line.startswith("$ ")
+        ]
+
+    def test_walkthroughWritesOutsideTheCheckout(self) -> None:
+        written = []
+        for words in self.commands():
+            if words[0] == "cat" and ">" in words:
+                written.append(words[words.index(">") + 1])
+            elif words[:2] == ["sed", "-i"] or words[0] == "cp":
+                written.append(words[-1])
+        self.assertEqual(len(written), 3, written)
+        for path in written:
+            self.assertTrue(os.path.isabs(path), path)
+            self.assertFalse(
+                os.path.abspath(path).startswith(ROOT + os.sep), f"{path} is in the checkout"
+            )
+
+    def test_walkthroughPluginIsLintClean(self) -> None:
+        (source,) = [
+            block.text.split("<<'EOF'\n", 1)[1].rsplit("\nEOF", 1)[0] + "\n"
+            for block in self.blocks
+            if "<<'EOF'" in block.text
+        ]
+        path = os.path.join(os.path.abspath(self.mktemp()), "time_now.py")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(source)
+        ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
+        config = os.path.join(ROOT, "pyproject.toml")
+        for args in (["check"], ["format", "--check"]):
+            done = subprocess.run(
+                [ruff, *args, "--config", config, path], capture_output=True, text=True
+            )
+            self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
