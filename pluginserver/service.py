@@ -6,7 +6,9 @@ lifetimes together.
 
 Start: the listeners bind in C{privilegedStartService} (so a low port can be
 bound before twistd drops privileges), then the plugins load in
-C{startService}, before the reactor serves a single request.
+C{startService}, before the reactor serves a single request: their module
+bodies run in the registry's import thread, and the listeners accept no
+connection until the load has finished.
 
 Stop: stop listening, let in-flight requests finish (bounded by
 C{shutdown_timeout}), then stop every plugin and the thread pool.
@@ -19,18 +21,20 @@ from __future__ import annotations
 import gc
 import signal
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import ILogObserver, Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from pluginserver.config import ConfigError, Settings
 from pluginserver.metrics import Metrics
+from pluginserver.notify import notify_systemd
 from pluginserver.registry import PluginRegistry, ReloadReport
 from pluginserver.site import PluginServerSite
 from pluginserver.tls import TLSConfigError, load_context_factory, tls_endpoint
@@ -56,20 +60,27 @@ class ListenError(Exception):
     """
 
 
-class _Listener(StreamServerEndpointService):
+class _Listener(Service):
     """
-    One listener, named by its endpoint string; a failure to listen raises
-    L{ListenError} at start-up rather than being logged and forgotten.
+    One listener, named by its endpoint string.  It binds in
+    C{privilegedStartService} (before twistd drops privileges) and raises
+    L{ListenError} there when it cannot, rather than logging and forgetting
+    it; it accepts connections only once told the server is ready.
     """
-
-    _raiseSynchronously = True
 
     def __init__(self, description: str, origin: str, reactor: Any, factory: Site) -> None:
         endpoint, self.tls = tls_endpoint(reactor, description)
-        super().__init__(endpoint, factory)
+        # An IStreamServerEndpoint (typed loosely: mypy cannot call a zope
+        # Interface's methods without the mypy-zope plugin).
+        self.endpoint: Any = endpoint
         self.description = description
         self.origin = origin
+        self._factory = factory
         self._reactor = reactor
+        self._ready = False
+        # An IListeningPort (typed loosely: mypy cannot call a zope
+        # Interface's methods without the mypy-zope plugin).
+        self.port: Any = None
 
     def reload_certificate(self) -> None:
         """
@@ -81,14 +92,42 @@ class _Listener(StreamServerEndpointService):
             self.tls.current = load_context_factory(self._reactor, self.description)
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except Exception as e:
+        super().privilegedStartService()
+        failures: list[Failure] = []
+        self.endpoint.listen(self._factory).addCallbacks(self._listening, failures.append)
+        if failures:
+            e = failures[0].value
             # The reason first: a daemonizing twistd shows its parent only
             # the first 100 bytes of the message.
             socketError = getattr(e, "socketError", None)
             reason = getattr(socketError, "strerror", None) or str(e)
-            raise ListenError(f"{self.description}: {reason} ({self.origin})") from None
+            raise ListenError(f"{self.description}: {reason} ({self.origin})")
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        if not self._ready:
+            # Bound, but taking no connection yet: clients wait in the
+            # listen backlog until the plugins have started.  (Twisted has
+            # no public interface to pause accepting on a listening port;
+            # its ports are FileDescriptors, whose stopReading does it.)
+            port.stopReading()
+
+    def accept(self) -> None:
+        """
+        The server is ready: take connections from now on.
+        """
+        self._ready = True
+        port = self.port
+        if port is not None and port.connected and not port.disconnecting:
+            port.startReading()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        stopped: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
+        return stopped
 
 
 class PluginServerService(MultiService):
@@ -103,6 +142,7 @@ class PluginServerService(MultiService):
         traceback) rather than L{ListenError} when a listener fails; twistd
         in the foreground wants the former, a daemonizing twistd the latter
         (it reports the exception's text to the waiting parent).
+    @param notify: tells systemd of the service's state (L{notify_systemd}).
     """
 
     def __init__(
@@ -112,12 +152,14 @@ class PluginServerService(MultiService):
         reactor: Any,
         package: str = "pluginserver_plugins",
         exitOnListenError: bool = True,
+        notify: Callable[..., object] = notify_systemd,
     ) -> None:
         super().__init__()
         self._settings = settings
         self._reloadSettings = reload_settings
         self._reactor = reactor
         self._exitOnListenError = exitOnListenError
+        self._notifySystemd = notify
         self.metrics = Metrics(
             lambda: {name: p.generation for name, p in self._registry.plugins.items()}
         )
@@ -145,6 +187,7 @@ class PluginServerService(MultiService):
         self._applyLimits(settings)
         self._previousHup: Any = None
         self._previousUsr1: Any = None
+        self._stopping = False
         origin = settings.listen_origin
         if origin != "--listen":
             origin = f"{origin} in {settings.path}"
@@ -176,6 +219,10 @@ class PluginServerService(MultiService):
     def registry(self) -> PluginRegistry:
         return self._registry
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     @defer.inlineCallbacks
     def reload_all(
         self, everything: bool = False
@@ -195,6 +242,8 @@ class PluginServerService(MultiService):
             log.error("Configuration not reloaded: {error}", error=str(e))
         else:
             self._applySettings(new)
+            for warning in new.warnings:
+                log.warn("{warning}", warning=warning)
         for listener in self:
             if isinstance(listener, _Listener) and listener.tls is not None:
                 try:
@@ -254,10 +303,13 @@ class PluginServerService(MultiService):
             raise
 
     def _stopListeners(self) -> None:
-        for listener in list(self):
-            port = getattr(listener, "_waitingForPort", None)
-            if port is not None:
-                port.addCallback(lambda p: p.stopListening()).addErrback(lambda f: None)
+        for listener in self._listeners():
+            if listener.port is not None:
+                listener.port.stopListening()
+                listener.port = None
+
+    def _listeners(self) -> list[_Listener]:
+        return [service for service in self if isinstance(service, _Listener)]
 
     def startService(self) -> None:
         self._previousHup = signal.signal(signal.SIGHUP, self._onHup)
@@ -268,10 +320,30 @@ class PluginServerService(MultiService):
         # would walk it again and again under load.  Plugins come after:
         # a replaced generation must stay collectable.
         gc.freeze()
+        super().startService()
+        for warning in self._settings.warnings:
+            log.warn("{warning}", warning=warning)
+        # Ready means ready: the listeners are bound but take no connection
+        # until every plugin that loads at start-up has started (module
+        # bodies run in the registry's import thread, after the reactor
+        # started), so a client never sees a 404 for a plugin about to exist.
         d = self._registry.load_all()
         d.addCallback(self._loaded)
         d.addErrback(lambda f: log.failure("Loading plugins failed", f))
-        super().startService()
+        d.addBoth(lambda _: self._ready())
+
+    def _ready(self) -> None:
+        if not self.running:
+            return  # stopped while the plugins loaded
+        for listener in self._listeners():
+            listener.accept()
+        self._notify("READY=1")
+
+    def _notify(self, *states: str) -> None:
+        try:
+            self._notifySystemd(*states)
+        except OSError as e:
+            log.warn("Cannot notify systemd ({states}): {error}", states=states, error=e)
 
     def _loaded(self, report: ReloadReport) -> None:
         log.info(
@@ -295,12 +367,15 @@ class PluginServerService(MultiService):
 
     def _reloadOnHup(self) -> None:
         log.info("SIGHUP: reloading configuration and every plugin")
-        self.reload_all(everything=True).addErrback(
-            lambda f: log.failure("Reload on SIGHUP failed", f)
-        )
+        self._notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        d = self.reload_all(everything=True)
+        d.addErrback(lambda f: log.failure("Reload on SIGHUP failed", f))
+        d.addBoth(lambda _: self._notify("READY=1") if not self._stopping else None)
 
     @defer.inlineCallbacks
     def stopService(self) -> Generator[defer.Deferred[Any], Any, None]:
+        self._stopping = True
+        self._notify("STOPPING=1")
         if self._previousHup is not None:
             signal.signal(signal.SIGHUP, self._previousHup)
             self._previousHup = None

@@ -88,6 +88,14 @@ class Runtime(Protocol):
     @property
     def registry(self) -> PluginRegistry: ...
 
+    @property
+    def stopping(self) -> bool:
+        """
+        Whether shutdown has begun (C{/health} then answers 503, so that a
+        load balancer drains this server).
+        """
+        ...
+
     def reload_all(self) -> defer.Deferred[tuple[ReloadReport, dict[str, str]]]:
         """
         Re-read the configuration (and TLS certificates) and reload every
@@ -258,7 +266,8 @@ class PluginServerResource(Resource):
             # A reload changes state: not on HEAD, whatever GET allows.
             request.setHeader(b"allow", b"GET, POST")
             return error(request, 405, "method not allowed")
-        public = name == "metrics" and self._runtime.settings.metrics_public
+        # /health reveals nothing, and a load balancer asks it without a key.
+        public = name == "health" or (name == "metrics" and self._runtime.settings.metrics_public)
         if policy.apikey is not None and not public:
             try:
                 arguments = parse_request(request)
@@ -526,6 +535,12 @@ class UtilityRoutes:
             return json_answer(request, 404, {"error": "not found"})
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
         return self._metrics.exposition()
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Any) -> bytes:
+        if self._runtime.stopping:
+            return json_answer(request, 503, {"status": "stopping"})
+        return json_answer(request, 200, {"status": "ok"})
 
     @app.route("/plugins", methods=["GET", "POST"])
     def plugins(self, request: Any) -> bytes:
