@@ -60,7 +60,7 @@ class ListenError(Exception):
     """
 
 
-class _Listener(Service):
+class Listener(Service):
     """
     One listener, named by its endpoint string.  It binds in
     C{privilegedStartService} (before twistd drops privileges) and raises
@@ -69,6 +69,11 @@ class _Listener(Service):
     """
 
     def __init__(self, description: str, origin: str, reactor: Any, factory: Site) -> None:
+        """
+        @param description: the Twisted endpoint string.
+        @param origin: where it was configured, for messages.
+        @param factory: the site it serves.
+        """
         endpoint, self.tls = tls_endpoint(reactor, description)
         # An IStreamServerEndpoint (typed loosely: mypy cannot call a zope
         # Interface's methods without the mypy-zope plugin).
@@ -132,7 +137,10 @@ class _Listener(Service):
 
 class PluginServerService(MultiService):
     """
-    The whole server.
+    The whole server but its listeners: the settings, the plugin registry,
+    the thread pool of blocking plugins, the resource and the site; its
+    L{Listener}s are its children (L{pluginserver.tap.makeService} adds
+    them), and they take connections once every plugin has started.
 
     @param settings: the configuration in force at start.
     @param reload_settings: re-reads the configuration (for SIGHUP and
@@ -188,11 +196,6 @@ class PluginServerService(MultiService):
         self._previousHup: Any = None
         self._previousUsr1: Any = None
         self._stopping = False
-        origin = settings.listen_origin
-        if origin != "--listen":
-            origin = f"{origin} in {settings.path}"
-        for description in settings.listen:
-            _Listener(description, origin, reactor, self.site).setServiceParent(self)
 
     logObserver: Any = None
     """
@@ -245,7 +248,7 @@ class PluginServerService(MultiService):
             for warning in new.warnings:
                 log.warn("{warning}", warning=warning)
         for listener in self:
-            if isinstance(listener, _Listener) and listener.tls is not None:
+            if isinstance(listener, Listener) and listener.tls is not None:
                 try:
                     listener.reload_certificate()
                 except TLSConfigError as e:
@@ -308,8 +311,8 @@ class PluginServerService(MultiService):
                 listener.port.stopListening()
                 listener.port = None
 
-    def _listeners(self) -> list[_Listener]:
-        return [service for service in self if isinstance(service, _Listener)]
+    def _listeners(self) -> list[Listener]:
+        return [service for service in self if isinstance(service, Listener)]
 
     def startService(self) -> None:
         self._previousHup = signal.signal(signal.SIGHUP, self._onHup)

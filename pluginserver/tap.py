@@ -26,7 +26,7 @@ from twisted.python.logfile import LogFile
 
 from pluginserver.config import ConfigError, Settings, load_settings, misspelt_sections
 from pluginserver.registry import PluginRegistry
-from pluginserver.service import PluginServerService
+from pluginserver.service import Listener, PluginServerService
 from pluginserver.tls import is_tls, listener_problem
 from pluginserver.version import version
 
@@ -330,15 +330,17 @@ def makeService(options: Options) -> PluginServerService:
     settings: Settings = options["settings"]
     parent: Any | None = getattr(options, "parent", None)
     nodaemon = bool(parent is None or parent.get("nodaemon"))
-    service = PluginServerService(
+    server = PluginServerService(
         settings,
         reload_settings=options.load,
         reactor=reactor,
         exitOnListenError=nodaemon,
     )
+    for description in settings.listen:
+        Listener(description, settings.listen_source, reactor, server.site).setServiceParent(server)
     if settings.log_format == "json" and not (parent is not None and parent.get("logger")):
-        service.logObserver = _JSONLogger(parent or {})()
-    return service
+        server.logObserver = _JSONLogger(parent or {})()
+    return server
 
 
 __all__: list[str] = ["Options", "check", "makeService", "validate"]

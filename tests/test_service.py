@@ -27,7 +27,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from pluginserver.config import ConfigError, load_settings
 from pluginserver.notify import notify_systemd
-from pluginserver.service import PluginServerService
+from pluginserver.service import Listener, PluginServerService
 from tests.helpers import PluginDir
 from tests.process import Server, sleep
 
@@ -150,6 +150,11 @@ class ServiceTests(TestCase):
             package=f"_service_test_{id(self)}",
             notify=lambda *states: self.states.append("\n".join(states)),
         )
+        # As tap.makeService wires them.
+        for description in settings.listen:
+            Listener(description, settings.listen_source, reactor, service.site).setServiceParent(
+                service
+            )
         return service
 
     def start(self, service: PluginServerService) -> int:
