@@ -1,6 +1,7 @@
 """
 Tests for L{pluginserver.registry}: discovery, loading, atomic reload,
-generations and the plugins' start/stop lifecycle.
+generations and the plugins' start/stop lifecycle, through the registry.
+The module machinery on its own is tested in L{tests.test_modules}.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from twisted.python import components
 from twisted.trial.unittest import TestCase
 
 from pluginserver.plugin import PluginRequest
-from pluginserver.registry import PluginRegistry
+from pluginserver.registry import PluginRegistry, route_name_error
 from tests.helpers import PluginDir, ServerCase, plugin_source
 
 GET = PluginRequest(method="GET")
@@ -75,6 +76,50 @@ class LoadTests(TestCase):
         report = yield registry.load_all()
         self.assertEqual(report.loaded, ["ok"])
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    @defer.inlineCallbacks
+    def test_routeNameRuleIsTheSameForLoadAndCheck(self) -> Any:
+        """
+        A class that names a reserved route, or one that is not a path
+        segment, is refused by a load and by C{--check} alike, with the same
+        words.
+        """
+        for stem, name in (("reserved", "health"), ("slashed", "a/b"), ("dotted", ".x")):
+            self.dir.write(
+                stem,
+                "from pluginserver import Plugin\n"
+                f"class P(Plugin):\n    name = {name!r}\n"
+                "    def handle(self, request):\n        return 1\n",
+            )
+        self.dir.write("ok", plugin_source("1"))
+        registry = self.dir.registry(self)
+        report = yield registry.load_all()
+        expected = {
+            "dotted": "route name '.x' is reserved or not a valid path segment",
+            "reserved": "route name 'health' is reserved or not a valid path segment",
+            "slashed": "route name 'a/b' is reserved or not a valid path segment",
+        }
+        self.assertEqual((report.loaded, report.failed), (["ok"], expected))
+        checked = PluginRegistry(self.dir.path, {}, package=f"_check_{os.getpid()}_{id(self)}")
+        self.addCleanup(checked.close)
+        self.assertEqual(
+            checked.check_all(),
+            {
+                "dotted": (".x", expected["dotted"]),
+                "ok": ("ok", None),
+                "reserved": ("health", expected["reserved"]),
+                "slashed": ("a/b", expected["slashed"]),
+            },
+        )
+
+    def test_routeNameError(self) -> None:
+        for good in ("hello", "v1.2", "a-b_c", "_x", "9"):
+            self.assertIsNone(route_name_error(good), good)
+        for bad in ("plugins", "reload", "metrics", "health", "", "-x", "a/b", "é"):
+            self.assertEqual(
+                route_name_error(bad),
+                f"route name {bad!r} is reserved or not a valid path segment",
+            )
 
     @defer.inlineCallbacks
     def test_helperModulesAreNotRoutes(self) -> Any:
