@@ -61,7 +61,7 @@ class LoadTests(TestCase):
         loaded = registry.get("hello")
         assert loaded is not None
         self.assertEqual(loaded.generation, 1)
-        self.assertEqual(loaded.file, self.dir.path and loaded.file)
+        self.assertEqual(loaded.file, os.path.join(os.path.abspath(self.dir.path), "hello.py"))
         self.assertTrue(loaded.file.endswith("hello.py"))
         self.assertEqual(loaded.methods, frozenset({"GET", "HEAD", "POST"}))
 
