@@ -1,28 +1,35 @@
 """
 Testing helpers that make tests read like usage: a plugins directory to
-write plugin files into, and registries that clean up after themselves.
+write plugin files into, registries that clean up after themselves, and a
+server over that directory driven in memory by L{pluginserver.testing}.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import textwrap
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from treq.testing import StubTreq
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from pluginserver import testing
 from pluginserver.registry import PluginRegistry
-from pluginserver.site import PluginServerSite
-from pluginserver.web import PluginServerResource
 
 _packages = itertools.count()
+
+HELLO = """
+from pluginserver import Plugin
+
+class Hello(Plugin):
+    def handle(self, request):
+        return {"hello": request.args.get("name", "world")}
+"""
+"""The smallest plugin, for tests about everything but plugins."""
 
 
 class PluginDir:
@@ -82,50 +89,6 @@ def unique_name() -> str:
     return f"p{int(time.time() * 1000)}_{next(_packages)}"
 
 
-class FakeRuntime:
-    """
-    The part of the service the web layer sees, over a real registry.
-    """
-
-    def __init__(self, registry: PluginRegistry, settings: Any) -> None:
-        self.registry = registry
-        self.settings = settings
-        self.failures: dict[str, str] = {}
-
-    def reload_all(self) -> Any:
-        d = self.registry.reload_all()
-        return d.addCallback(lambda report: (report, self.failures))
-
-
-def settings_for(directory: str, **changes: Any) -> Any:
-    """
-    Settings for an in-memory server over C{directory}.
-    """
-    import attr
-
-    from pluginserver.config import Settings
-
-    base = Settings(
-        path="test.ini", listen=(), listen_origin="[server] listen", plugins_dir=directory
-    )
-    return attr.evolve(base, **changes)
-
-
-URL = "http://localhost"
-
-
-def stub_client(resource: Any) -> StubTreq:
-    """
-    treq's in-memory client, serving through pluginserver's own site (its
-    request class sets the headers every answer carries and enforces the
-    limits) rather than the plain Site StubTreq builds.
-    """
-    client = StubTreq(resource)
-    agent = client._agent
-    agent._serverFactory = PluginServerSite(resource, reactor=agent._memoryReactor)
-    return client
-
-
 class ServerCase(TestCase):
     """
     A server over a temporary plugins directory, driven in memory.
@@ -138,33 +101,22 @@ class ServerCase(TestCase):
     @defer.inlineCallbacks
     def serve(self, params: Mapping[str, Mapping[str, Any]] | None = None, **settings: Any) -> Any:
         """
-        Load the plugins written so far and serve them with these settings.
+        Load the plugins written so far and serve them with these settings
+        (L{Settings} fields); plugins that fail to load are left out.
         """
-        self.registry = self.dir.registry(self, params=params)
-        yield self.registry.load_all()
-        self.runtime = FakeRuntime(self.registry, settings_for(self.dir.path, **settings))
-        self.resource = PluginServerResource(self.runtime, self.clock)
-        self.client = stub_client(self.resource)
+        self.server = yield testing.serve(
+            self, self.dir.path, params=params, clock=self.clock, allow_load_errors=True, **settings
+        )
+        self.registry = self.server.registry
 
     @defer.inlineCallbacks
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """
-        Make a request; fires with (status, headers, decoded JSON body or
-        None for an empty body).
+        Make a request (keywords: C{headers}, C{data}, C{json}, as
+        L{testing.Server.request} takes them); fires with (status, headers,
+        decoded JSON body or None for an empty body).
         """
-        # Reloads import plugin modules in threads: keep pumping the
-        # in-memory connection until the answer is there.
-        from twisted.internet import reactor
-
-        pending = self.client.request(method, URL + path, **kwargs)
-        deadline = time.monotonic() + 20
-        while not pending.called and time.monotonic() < deadline:
-            self.client.flush()
-            if not pending.called:
-                yield task.deferLater(reactor, 0.005, lambda: None)
-        response = yield pending
-        raw = yield response.content()
-        headers = response.headers
-        if raw:
-            self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
-        return response.code, headers, json.loads(raw) if raw else None
+        answer = yield self.server.request(method, path, **kwargs)
+        if answer.body:
+            self.assertEqual(answer.headers.getRawHeaders("content-type"), ["application/json"])
+        return answer.status, answer.headers, answer.json() if answer.body else None

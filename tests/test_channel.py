@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 from pluginserver.site import PluginServerChannel, PluginServerRequest, PluginServerSite
 from pluginserver.tls import DEFAULT_BACKLOG, listener_problem, tls_endpoint
 from tests.certs import make_certificate
+from tests.helpers import HELLO
 from tests.process import Server, sleep
 
 BIG = 524288  # bytes of "a" in a big answer: eight times a transport's buffer
@@ -438,14 +439,6 @@ class AccessLogRedactionTests(TestCase):
 
 
 # -- against twistd -------------------------------------------------------------
-
-HELLO = """
-from pluginserver import Plugin
-
-class Hello(Plugin):
-    def handle(self, request):
-        return {"hello": request.args.get("name", "world")}
-"""
 
 BIG_PLUGIN = """
 from pluginserver import Plugin

@@ -4,11 +4,11 @@ The docs kept honest.
 docs/plugins.md: every fenced python block marked C{<!-- plugin: NAME -->}
 is written to a plugins directory as C{NAME.py} and loaded through a real
 registry, with the settings of the block marked C{<!-- config -->}; every
-C{curl} of a console block marked C{<!-- check -->} is then made through
-StubTreq and must answer what the doc shows (status, shown headers but
-C{Date}, JSON body).  The block marked C{<!-- test: PATH -->} is written out
-with its plugin and run by trial in a subprocess, and must print the result
-the doc shows.
+C{curl} of a console block marked C{<!-- check -->} is then made in memory
+through L{pluginserver.testing} and must answer what the doc shows (status,
+shown headers but C{Date}, JSON body).  The block marked
+C{<!-- test: PATH -->} is written out with its plugin and run by trial in a
+subprocess, and must print the result the doc shows.
 
 docs/configuration.md: every C{### `key`} heading under a C{## `[section]`}
 heading must be a key of the configuration's key table (L{KEYS}), every key
@@ -32,12 +32,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attr
-from twisted.internet import defer, reactor, task, utils
+from twisted.internet import defer, utils
 from twisted.trial.unittest import SynchronousTestCase
 
 from pluginserver.config import KEYS, OWNED_SECTIONS, ConfigError, Settings, load_settings
-from pluginserver.web import PluginServerResource
-from tests.helpers import URL, FakeRuntime, ServerCase, stub_client
+from pluginserver.testing import serve
+from tests.helpers import ServerCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -301,38 +301,15 @@ class PluginGuideTests(ServerCase):
 
     @defer.inlineCallbacks
     def serveGuide(self) -> Any:
+        """
+        Serve every plugin of the guide with the guide's configuration;
+        fails the test when any of them does not load.
+        """
         for name, block in self.plugins.items():
             self.dir.write(name, block.text)
-        settings = self.settings()
-        self.registry = self.dir.registry(self, params=settings.plugin_params, config=settings)
-        report = yield self.registry.load_all()
-        self.assertEqual(report.failed, {})
-        self.runtime = FakeRuntime(self.registry, settings)
-        self.resource = PluginServerResource(self.runtime, self.clock)
-        self.client = stub_client(self.resource)
-        return report
-
-    @defer.inlineCallbacks
-    def settle(self, d: defer.Deferred[Any]) -> Any:
-        """
-        Wait for an in-memory answer: an asynchronous plugin answers after
-        the real reactor ran its timers, and StubTreq delivers it on flush.
-        """
-        done: list[bool] = []
-
-        def fired(result: Any) -> Any:
-            done.append(True)
-            return result
-
-        # d.called is not enough: a fired Deferred may wait on another.
-        d.addBoth(fired)
-        for _ in range(1000):
-            if done:
-                break
-            self.client.flush()
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        result = yield d
-        return result
+        self.server = yield serve(self, self.dir.path, config=self.settings(), clock=self.clock)
+        self.registry = self.server.registry
+        return self.server.report
 
     @defer.inlineCallbacks
     def test_pluginsLoad(self) -> Any:
@@ -360,27 +337,22 @@ class PluginGuideTests(ServerCase):
                 where = f"docs/plugins.md line {block.line}: {command}"
                 curl = parse_curl(command)
                 seen.add(curl.path.lstrip("/").split("/")[0].split("?")[0])
-                response = yield self.settle(
-                    self.client.request(  # type: ignore[attr-defined]
-                        curl.method, URL + curl.path, headers=curl.headers, data=curl.body
-                    )
+                answer = yield self.server.request(
+                    curl.method, curl.path, headers=curl.headers, data=curl.body
                 )
-                raw = yield self.settle(response.content())
                 status, headers, body = expected_answer(output, curl.show_headers)
                 if status is not None:
-                    self.assertEqual(response.code, status, where)
+                    self.assertEqual(answer.status, status, where)
                 for name, value in headers:
-                    if name.lower() == "content-length":
-                        # twisted.web's client keeps it out of the headers.
-                        self.assertEqual(len(raw), int(value), f"{where}: {name}")
-                        continue
                     self.assertEqual(
-                        response.headers.getRawHeaders(name), [value], f"{where}: {name}"
+                        answer.headers.getRawHeaders(name), [value], f"{where}: {name}"
                     )
+                    if name.lower() == "content-length" and curl.method != "HEAD":
+                        self.assertEqual(len(answer.body), int(value), f"{where}: {name}")
                 if body:
-                    self.assertEqual(json.loads(raw), json.loads(body), where)
+                    self.assertEqual(answer.json(), json.loads(body), where)
                 else:
-                    self.assertEqual(raw, b"", where)
+                    self.assertEqual(answer.body, b"", where)
         # The guide's divide-by-zero example logs its traceback.
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         routes = set(self.registry.plugins)

@@ -2,130 +2,36 @@
 One gate for every spelling of a path: the checks a route requires are made
 on the same parsed target the dispatch serves, whatever the spelling.
 
-These tests drive pluginserver's own channel, site and resource over a
-StringTransport with raw request bytes, so every spelling reaches the server
-exactly as a client wrote it (no client library normalises it first).
+These tests drive pluginserver's own channel, site and resource in memory
+(L{pluginserver.testing}) with raw request bytes, so every spelling reaches
+the server exactly as a client wrote it (no client library normalises it
+first).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, task
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pluginserver.metrics import Metrics
 from pluginserver.target import BadTarget, parse_path, split_absolute
-from pluginserver.web import PluginServerResource
-from tests.helpers import FakeRuntime, PluginDir, plugin_source, settings_for
+from pluginserver.testing import Answer, Server, serve
+from tests.helpers import PluginDir, plugin_source
 
 KEY = "s3cret-key"
 
 
-class Answer:
+def now(server: Server, data: bytes) -> Answer | None:
     """
-    A parsed HTTP answer: status, headers (lower-case names) and body.
+    Send one request; the answer if it was given at once (every check of the
+    gate answers synchronously), else L{None}.
     """
-
-    def __init__(self, raw: bytes, method: bytes = b"GET") -> None:
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        self.status = int(lines[0].split(b" ")[1])
-        self.headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            self.headers[name.strip().lower()] = value.strip()
-        self.body = b""
-        if method == b"HEAD" or self.status in (204, 304):
-            return
-        if self.headers.get(b"transfer-encoding") == b"chunked":
-            while True:
-                size, _, rest = rest.partition(b"\r\n")
-                length = int(size, 16)
-                if length == 0:
-                    break
-                self.body += rest[:length]
-                rest = rest[length + 2 :]
-        else:
-            self.body = rest[: int(self.headers.get(b"content-length", b"0"))]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def complete(raw: bytes, method: bytes) -> bool:
-    """
-    Whether C{raw} holds a whole answer to a request with C{method}.
-    """
-    head, mark, body = raw.partition(b"\r\n\r\n")
-    if not mark:
-        return False
-    if method == b"HEAD" or head.split(b" ", 2)[1] in (b"204", b"304"):
-        return True
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(body) >= int(value)
-        if name.strip().lower() == b"transfer-encoding":
-            return body.endswith(b"0\r\n\r\n")
-    return True
-
-
-class Wire:
-    """
-    pluginserver's site over a registry, spoken to with raw bytes.
-    """
-
-    def __init__(self, runtime: FakeRuntime) -> None:
-        from pluginserver.site import PluginServerSite
-
-        self.clock = task.Clock()
-        metrics = Metrics(lambda: {})
-        self.resource = PluginServerResource(runtime, self.clock, None, metrics)
-        self.site = PluginServerSite(self.resource, reactor=self.clock)
-
-    def send(self, data: bytes) -> tuple[StringTransport, Any]:
-        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
-        transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 50000),
-        )
-        channel.makeConnection(transport)
-        channel.dataReceived(data)
-        return transport, channel
-
-    def now(self, data: bytes) -> Answer | None:
-        """
-        Send one request; the answer if it was given at once (every check of
-        the gate answers synchronously), else L{None}.
-        """
-        transport, channel = self.send(data)
-        raw = transport.value()
-        channel.connectionLost(None)
-        method = data.split(b" ", 1)[0]
-        return Answer(raw, method) if complete(raw, method) else None
-
-    @defer.inlineCallbacks
-    def later(self, data: bytes, timeout: float = 10.0) -> Any:
-        """
-        Send one request and fire with its answer, however long it takes
-        (reloads run in threads).
-        """
-        from twisted.internet import reactor
-
-        transport, channel = self.send(data)
-        method = data.split(b" ", 1)[0]
-        waited = 0.0
-        while not complete(transport.value(), method) and waited < timeout:
-            yield task.deferLater(reactor, 0.01, lambda: None)
-            waited += 0.01
-        channel.connectionLost(None)
-        return Answer(transport.value(), method)
+    answers: list[Answer] = []
+    server.send(data).addCallback(answers.append)
+    return answers[0] if answers else None
 
 
 def request(
@@ -256,15 +162,12 @@ class GateTests(TestCase):
     the key, and none runs a reload.
     """
 
+    @defer.inlineCallbacks
     def setUp(self) -> Any:
         self.dir = PluginDir(self)
         self.dir.write("hello", plugin_source('{"hello": request.subpath}'))
-        self.registry = self.dir.registry(self)
-        self.runtime = FakeRuntime(
-            self.registry, settings_for(self.dir.path, apikey=KEY, metrics_public=False)
-        )
-        self.wire = Wire(self.runtime)
-        return self.registry.load_all()
+        self.server = yield serve(self, self.dir.path, apikey=KEY, metrics_public=False)
+        self.registry = self.server.registry
 
     def generation(self) -> int:
         loaded = self.registry.get("hello")
@@ -275,7 +178,7 @@ class GateTests(TestCase):
     @given(spelling=spellings())
     def test_noSpellingPassesTheGateWithoutTheKey(self, spelling: tuple[str, str]) -> None:
         method, target = spelling
-        answer = self.wire.now(request(method, target))
+        answer = now(self.server, request(method, target))
         # Every refusal is synchronous; an answer still pending means the
         # request went past the gate (a reload started).
         self.assertIsNotNone(answer, f"{method} {target}: no answer from the gate")
@@ -288,38 +191,40 @@ class GateTests(TestCase):
     def test_theKeyOpensEveryCanonicalSpelling(self) -> Any:
         bearer = {"Authorization": f"Bearer {KEY}"}
         for target in ["/plugins", "/%70lugins", "/metrics", "/hello", "/h%65llo/sub/x"]:
-            answer = yield self.wire.later(request("GET", target, bearer))
+            answer = yield self.server.send(request("GET", target, bearer))
             self.assertEqual(answer.status, 200, target)
-        answer = yield self.wire.later(request("GET", "/reload/%61ll", bearer))
+        answer = yield self.server.send(request("GET", "/reload/%61ll", bearer))
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.json()["status"], "All plugins reloaded")
-        answer = yield self.wire.later(request("GET", "/h%65llo/a%20b", bearer))
+        answer = yield self.server.send(request("GET", "/h%65llo/a%20b", bearer))
         self.assertEqual(answer.json(), {"hello": "a b"})
 
     @defer.inlineCallbacks
     def test_encodedSpellingsAreTheSameRoute(self) -> Any:
         # Normalised before the gate: the key decides, never the spelling.
         for target in ["/%70lugins", "/%72eload/all", "/reload/%68ello"]:
-            answer = yield self.wire.later(request("GET", target))
+            answer = yield self.server.send(request("GET", target))
             self.assertEqual(answer.status, 401, target)
-            self.assertEqual(answer.headers[b"www-authenticate"], b'Bearer realm="pluginserver"')
+            self.assertEqual(
+                answer.headers.getRawHeaders("www-authenticate"), ['Bearer realm="pluginserver"']
+            )
         self.assertEqual(self.generation(), 1)
 
     def test_oddSpellingsAre404WithoutTraceback(self) -> None:
         bearer = {"Authorization": f"Bearer {KEY}"}
         for target in ["//plugins", "//metrics", "//reload/hello", "/reload//all", "/x/../plugins"]:
             for headers in ({}, bearer):
-                answer = self.wire.now(request("GET", target, headers))
+                answer = now(self.server, request("GET", target, headers))
                 assert answer is not None
                 self.assertEqual(answer.status, 404, target)
                 self.assertEqual(answer.json(), {"error": "not found"})
-                self.assertEqual(answer.headers[b"content-type"], b"application/json")
+                self.assertEqual(answer.headers.getRawHeaders("content-type"), ["application/json"])
         self.assertEqual(self.generation(), 1)
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_targetsNotInOriginForm(self) -> None:
         for target in ["*", "a/plugins", "plugins"]:
-            answer = self.wire.now(request("OPTIONS", target))
+            answer = now(self.server, request("OPTIONS", target))
             assert answer is not None
             self.assertEqual(answer.status, 400, target)
             self.assertEqual(answer.json(), {"error": "bad request target"})
@@ -331,6 +236,7 @@ class FramingTests(TestCase):
     the request's host.
     """
 
+    @defer.inlineCallbacks
     def setUp(self) -> Any:
         self.dir = PluginDir(self)
         self.dir.write(
@@ -340,16 +246,10 @@ class FramingTests(TestCase):
             "status",
             plugin_source("(int(request.args['s']), {'s': request.args['s']})"),
         )
-        self.registry = self.dir.registry(self)
-        self.runtime = FakeRuntime(
-            self.registry,
-            settings_for(self.dir.path, allowed_hosts=["127.0.0.1", "localhost"]),
-        )
-        self.wire = Wire(self.runtime)
-        return self.registry.load_all()
+        self.server = yield serve(self, self.dir.path, allowed_hosts=["127.0.0.1", "localhost"])
 
     def answer(self, data: bytes) -> Answer:
-        answer = self.wire.now(data)
+        answer = now(self.server, data)
         assert answer is not None
         return answer
 
@@ -400,20 +300,17 @@ class CrossSiteTests(TestCase):
     with no key and CORS off.
     """
 
+    @defer.inlineCallbacks
     def setUp(self) -> Any:
         self.dir = PluginDir(self)
         self.dir.write("hello", plugin_source('{"method": request.method}'))
-        self.registry = self.dir.registry(self)
-        self.wire = self.serve()
-        return self.registry.load_all()
-
-    def serve(self, **changes: Any) -> Wire:
-        return Wire(FakeRuntime(self.registry, settings_for(self.dir.path, **changes)))
+        self.server = yield serve(self, self.dir.path)
+        self.registry = self.server.registry
 
     def status(
-        self, method: str, target: str, headers: dict[str, str], wire: Wire | None = None
+        self, method: str, target: str, headers: dict[str, str], server: Server | None = None
     ) -> int:
-        answer = (wire or self.wire).now(request(method, target, headers))
+        answer = now(server or self.server, request(method, target, headers))
         assert answer is not None, (method, target, headers)
         if answer.status == 403:
             self.assertEqual(answer.json(), {"error": "cross-site request refused"})
@@ -448,17 +345,21 @@ class CrossSiteTests(TestCase):
         self.assertEqual(self.status("POST", "/hello", {"Sec-Fetch-Site": "none"}), 200)
 
     def test_defaultPortsAreTheSameOrigin(self) -> None:
-        answer = self.wire.now(
-            request("POST", "/hello", {"Origin": "http://localhost"}, host="localhost:80")
+        answer = now(
+            self.server,
+            request("POST", "/hello", {"Origin": "http://localhost"}, host="localhost:80"),
         )
         assert answer is not None
         self.assertEqual(answer.status, 200)
 
-    def test_corsAllowedOriginMayAct(self) -> None:
-        wire = self.serve(cors_enabled=True, cors_origins=["https://app.example"])
+    @defer.inlineCallbacks
+    def test_corsAllowedOriginMayAct(self) -> Any:
+        server = yield serve(
+            self, self.dir.path, cors_enabled=True, cors_origins=["https://app.example"]
+        )
         app = {"Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"}
-        self.assertEqual(self.status("POST", "/hello", app, wire), 200)
-        self.assertEqual(self.status("GET", "/plugins", app, wire), 200)
-        answer = wire.now(request("POST", "/hello", {"Origin": "https://evil.example"}))
+        self.assertEqual(self.status("POST", "/hello", app, server), 200)
+        self.assertEqual(self.status("GET", "/plugins", app, server), 200)
+        answer = now(server, request("POST", "/hello", {"Origin": "https://evil.example"}))
         assert answer is not None
         self.assertEqual((answer.status, answer.json()), (403, {"error": "origin not allowed"}))

@@ -1,6 +1,6 @@
 """
-In-memory route tests: treq's StubTreq against the server's resource, with a
-real registry over a temporary plugins directory.
+In-memory route tests: pluginserver.testing against the server's resource,
+site and channel, with a real registry over a temporary plugins directory.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
-from tests.helpers import URL, ServerCase, plugin_source
+from tests.helpers import ServerCase, plugin_source
 
 ECHO = """
 from pluginserver import Plugin
@@ -174,10 +174,8 @@ class PluginRouteTests(ServerCase):
         )
         yield self.serve(request_timeout=5.0)
         d = self.call("GET", "/slow")
-        self.client.flush()
         self.assertNoResult(d)
         self.clock.advance(5)
-        self.client.flush()
         status, _, body = yield d
         self.assertEqual((status, body), (504, {"error": "timeout"}))
 
@@ -371,11 +369,10 @@ class BadInputTests(ServerCase):
     def test_noContentHasNoBodyHeaders(self) -> Any:
         self.dir.write("nothing", plugin_source("(204, None)"))
         yield self.serve()
-        response = yield self.client.request("POST", URL + "/nothing")
-        raw = yield response.content()
-        self.assertEqual((response.code, raw), (204, b""))
-        self.assertIsNone(response.headers.getRawHeaders("content-length"))
-        self.assertIsNone(response.headers.getRawHeaders("content-type"))
+        answer = yield self.server.request("POST", "/nothing")
+        self.assertEqual((answer.status, answer.body), (204, b""))
+        self.assertIsNone(answer.headers.getRawHeaders("content-length"))
+        self.assertIsNone(answer.headers.getRawHeaders("content-type"))
 
     @defer.inlineCallbacks
     def test_invalidUTF8OutsidePluginsIsJSON400(self) -> Any:
