@@ -70,7 +70,7 @@ class Target:
         return [self.name, *self.subpath.split("/")] if self.subpath else [self.name]
 
 
-_SLOW_MARKS = (b"%", b"//", b"/.", b"\\", b"\x00")
+_NEEDS_CHECKING = re.compile(rb"%|//|/\.|\\|\x00").search
 """What a path must contain for any of its segments to need decoding or checking."""
 _FORBIDDEN = re.compile(r"[/\\\x00]")
 _ABSOLUTE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)(.*)$", re.DOTALL)
@@ -98,7 +98,7 @@ def parse_path(path: bytes) -> Target:
     """
     if path[:1] != b"/":
         raise BadTarget(400, "bad request target")
-    if not any(mark in path for mark in _SLOW_MARKS):
+    if _NEEDS_CHECKING(path) is None:
         # Nearly every path: nothing encoded, no empty or dot segment.
         first, _, rest = path[1:].partition(b"/")
         try:
