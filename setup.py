@@ -25,6 +25,18 @@ setup(
     ],
     extras_require={
         # The checkers are pinned: their rules change between versions.
-        "test": ["treq", "hypothesis", "cryptography", "mypy==2.4.1", "ruff==0.17.6"],
+        "test": [
+            "treq",
+            "hypothesis",
+            "cryptography",
+            "mypy==2.4.1",
+            "ruff==0.17.6",
+            # A real server-sent events parser, to read EventStreams as clients do.
+            "sseclient-py",
+            # So that the tests render markdown documents as [markdown] does.
+            "markdown",
+        ],
+        # .md files of [paths] documents trees are served rendered to HTML.
+        "markdown": ["markdown"],
     },
 )

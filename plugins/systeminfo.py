@@ -42,6 +42,15 @@ brackets; C{null} where a value is unknown or not yet measured):
   - C{sampled_at}: when this snapshot was taken (unix time, seconds).  The
     data is never older than C{interval} plus the time one sample takes.
 
+C{GET /systeminfo/stream} is a stream of server-sent events
+(C{text/event-stream}): each sample as it is taken, the same JSON as
+C{GET /systeminfo}, one event per sample (the latest at once when the
+stream opens), with a C{: keep-alive} comment every 15 s.  It ends when the
+client goes away and when this generation stops (a reload, an unload, the
+server's stop): a client's EventSource then reconnects, to the new one.
+A client that reads slowly gets the latest sample when it can take one,
+never a backlog.  The route is not a section: C{stream/...} is 404.
+
 C{GET /systeminfo/<section>} answers one section.  Below a section, a path
 names a field (C{cpu/percent}, C{cpu/loadavg/1m}); the C{disk} and C{net}
 lists are indexed by their natural key: C{net/eth0}, C{net/eth0/rx_bps},
@@ -82,7 +91,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
 from datetime import timedelta
 from ipaddress import ip_address, ip_interface
 from typing import Any, ClassVar
@@ -95,9 +104,11 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pluginserver.plugin import HTTPError, Plugin, PluginRequest, RawJSON
+from pluginserver.plugin import EventStream, HTTPError, Plugin, PluginRequest, RawJSON
 
 SECTIONS = ("cpu", "ram", "swap", "disk", "net", "uptime", "info", "packages", "sampled_at")
+STREAM = "stream"
+"""The subpath of the event stream: not a section."""
 LIST_KEYS = {"disk": "mount", "net": "iface"}
 
 IGNORED_FSTYPES = frozenset(
@@ -272,6 +283,8 @@ class SystemInfo(Plugin):
         self._sample: tuple[Doc, dict[str, RawJSON]] | None = None
         self._doc: Doc | None = None
         self._raw: dict[str, RawJSON] = {}
+        # The streams waiting for the next sample (reactor thread only).
+        self._waiters: set[Deferred[None]] = set()
 
     def _param(self, key: str, default: float, zero_ok: bool = False) -> float:
         value = float(self.params.get(key, default))
@@ -304,6 +317,7 @@ class SystemInfo(Plugin):
             except OSError:
                 pass
         self._fire_first()
+        self._wake()  # open streams end (the server has ended them already)
 
     def _fire_first(self) -> None:
         first, self._first = self._first, None
@@ -318,6 +332,8 @@ class SystemInfo(Plugin):
             raise HTTPError(503, "no sample yet")
         if not request.subpath.strip("/"):
             return raw[""]
+        if request.subpath.strip("/") == STREAM:
+            return EventStream(self._samples())
         section, _, rest = request.subpath.partition("/")
         if section not in SECTIONS:
             raise HTTPError(404, f"unknown section: {section}")
@@ -331,6 +347,33 @@ class SystemInfo(Plugin):
                 raise HTTPError(404, f"unknown field: {request.subpath}")
             value = value[part]
         return value
+
+    async def _samples(self) -> AsyncIterator[RawJSON]:
+        """
+        The events of C{/systeminfo/stream}: the latest snapshot at once,
+        then each new one as the sampler publishes it, until this instance
+        stops.  It waits on a Deferred, never on the sampler's thread.
+        """
+        last: RawJSON | None = None
+        while not self._stopped:
+            raw = self._raw.get("")
+            if raw is not None and raw is not last:
+                last = raw
+                yield raw
+                continue
+            waiter: Deferred[None] = Deferred()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
+
+    def _wake(self) -> None:
+        """Resume every stream waiting for a sample (or for the stop)."""
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
 
     @staticmethod
     def _find_item(items: list[Doc], key: str, section: str, rest: str) -> tuple[Doc, str]:
@@ -365,6 +408,7 @@ class SystemInfo(Plugin):
         if not self._stopped:
             self._sample = sample
             self._assemble()
+            self._wake()
 
     def _assemble(self) -> None:
         """Publish the latest sample with the latest package counts."""

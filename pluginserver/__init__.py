@@ -7,6 +7,26 @@ This package exports only the plugin API; everything else is the server's
 own business.
 """
 
-from pluginserver.plugin import HTTPError, Plugin, PluginRequest, RawJSON
+from pluginserver.plugin import (
+    EventStream,
+    FileResponse,
+    HTTPError,
+    Plugin,
+    PluginRequest,
+    RawJSON,
+    Response,
+    UploadedFile,
+    redirect,
+)
 
-__all__ = ["HTTPError", "Plugin", "PluginRequest", "RawJSON"]
+__all__ = [
+    "EventStream",
+    "FileResponse",
+    "HTTPError",
+    "Plugin",
+    "PluginRequest",
+    "RawJSON",
+    "Response",
+    "UploadedFile",
+    "redirect",
+]

@@ -12,7 +12,8 @@ twisted.web's C{errorPage}, L{error} is the one way an error is answered.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.web.http import Request
@@ -158,3 +159,147 @@ def empty(request: Request) -> Any:
     request.responseHeaders.removeHeader(b"content-type")
     request.finish()
     return NOT_DONE_YET
+
+
+# -- a plugin's Response --------------------------------------------------------
+
+
+class BadResponse(Exception):  # noqa: N818 - named after what it reports
+    """
+    A plugin's answer cannot be sent as it is; the message says why.  The
+    web layer logs it with the plugin's name and answers 500.
+    """
+
+
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+"""Headers the server sets to frame an answer; a plugin may not."""
+
+HTML_HEADERS = (
+    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""What an HTML answer carries besides the default headers, unless the
+plugin set its own."""
+
+TEXT = b"text/plain; charset=utf-8"
+BINARY = b"application/octet-stream"
+
+HeaderPairs = list[tuple[bytes, list[bytes]]]
+
+
+def check_status(status: Any) -> int:
+    """
+    A plugin's status, checked: an C{int} from 200 to 599 (1xx would leave
+    the client waiting for the real answer; anything else is not HTTP).
+
+    @raise BadResponse: it is not.
+    """
+    if type(status) is not int or not 200 <= status <= 599:
+        raise BadResponse(f"status {status!r} is outside 200-599")
+    return status
+
+
+def header_value(name: str, value: Any) -> bytes:
+    """
+    One header value as bytes: C{str} (Latin-1) or C{bytes}, without line
+    breaks or NUL.
+
+    @raise BadResponse: it is neither, or holds them.
+    """
+    if isinstance(value, str):
+        try:
+            value = value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise BadResponse(f"header {name}: {value!r} is not Latin-1 text") from None
+    if not isinstance(value, bytes):
+        raise BadResponse(f"header {name}: value {value!r} is not str or bytes")
+    if b"\r" in value or b"\n" in value or b"\x00" in value:
+        raise BadResponse(f"header {name}: value holds a line break or NUL")
+    return value
+
+
+def header_pairs(headers: Any) -> tuple[HeaderPairs, bytes | None]:
+    """
+    A plugin's headers, checked and encoded; the C{Content-Type} among them
+    is given back apart.
+
+    @raise BadResponse: a name is not a token, a value is not text, or a
+        framing header is set.
+    """
+    if headers is None:
+        return [], None
+    if not isinstance(headers, Mapping):
+        raise BadResponse(f"headers must be a mapping, not {type(headers).__name__}")
+    pairs: HeaderPairs = []
+    contentType = None
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name or not _TOKEN.fullmatch(name):
+            raise BadResponse(f"header name {name!r} is not a valid token")
+        lower = name.lower().encode("ascii")
+        if lower in FRAMING:
+            raise BadResponse(f"header {name} frames the answer: the server sets it")
+        if isinstance(value, (str, bytes)):
+            values = [header_value(name, value)]
+        elif isinstance(value, (list, tuple)):
+            values = [header_value(name, item) for item in value]
+        else:
+            raise BadResponse(f"header {name}: value {value!r} is not str or bytes")
+        if lower == b"content-type":
+            contentType = values[-1]
+        else:
+            pairs.append((lower, values))
+    return pairs, contentType
+
+
+def set_headers(request: Request, pairs: HeaderPairs, content_type: bytes | None) -> None:
+    """
+    Put a plugin's checked headers on the answer, over the defaults: its
+    own replace them (C{Cache-Control} too) but for C{nosniff}, which
+    always stays; HTML gets the headers of L{HTML_HEADERS} it did not set.
+    """
+    headers = request.responseHeaders
+    for name, values in pairs:
+        headers.setRawHeaders(name, values)
+    headers.setRawHeaders(b"x-content-type-options", [b"nosniff"])
+    if content_type is None:
+        headers.removeHeader(b"content-type")
+        return
+    headers.setRawHeaders(b"content-type", [content_type])
+    if content_type[:9].lower() == b"text/html":
+        for name, value in HTML_HEADERS:
+            if not headers.hasHeader(name):
+                headers.setRawHeaders(name, [value])
+
+
+def is_stream(body: Any) -> bool:
+    """
+    Whether a Response body is streamed: an iterator or async iterator (a
+    generator, typically), not a value.
+    """
+    return hasattr(body, "__anext__") or (
+        hasattr(body, "__next__") and not isinstance(body, (str, bytes, Mapping))
+    )
+
+
+def encode_body(body: Any) -> tuple[bytes | None, bytes | None]:
+    """
+    A Response's body as bytes and the content type it implies: C{str} as
+    UTF-8 text, C{bytes} as they are, L{None} as no body, any other value
+    as JSON.
+
+    @raise BadResponse: the value cannot be encoded as JSON.
+    """
+    if body is None:
+        return None, None
+    if isinstance(body, str):
+        return body.encode("utf-8"), TEXT
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body), JSON if isinstance(body, RawJSON) else BINARY
+    try:
+        return encode_json(body), JSON
+    except UNENCODABLE as e:
+        raise BadResponse(f"body is not JSON: {e}") from None
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

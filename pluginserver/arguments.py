@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
 
 import attr
@@ -20,6 +22,8 @@ from twisted.web.http import (
     Request,
     parse_qs,  # bytes in, bytes out: any octets
 )
+
+from pluginserver.plugin import UploadedFile
 
 _JSON = b"application/json"
 _FORM = b"application/x-www-form-urlencoded"
@@ -46,6 +50,7 @@ class Arguments:
     @ivar query_key: the first C{apikey} of the query string, or L{None}.
     @ivar body_key: the C{apikey} of the body (a JSON object's string field,
         else the form's first), or L{None}.
+    @ivar files: the file fields of a multipart form, by field name.
     """
 
     args: dict[str, Any]
@@ -53,6 +58,7 @@ class Arguments:
     body: bytes = b""
     query_key: str | None = None
     body_key: str | None = None
+    files: dict[str, UploadedFile] = attr.Factory(dict)
 
 
 def read_body(request: Request) -> bytes:
@@ -86,33 +92,57 @@ Fields = dict[bytes, list[bytes]]
 """Parsed fields as twisted.web gives them: each name's values, in order."""
 
 
-def _form(request: Request, body: bytes) -> Fields:
+def _form(request: Request, body: bytes) -> tuple[Fields, dict[str, UploadedFile]]:
     """
     The form fields of the body, urlencoded or multipart, whatever the
-    method.  (twisted.web parses the form of a POST into C{request.args}
-    too, but there the form's fields replace the query's of the same name,
-    so the two sources could not be told apart.)
+    method, and the files of a multipart form.  (twisted.web parses the form
+    of a POST into C{request.args} too, but there the form's fields replace
+    the query's of the same name, so the two sources could not be told
+    apart, and a file's name and type are lost.)
     """
     if not body:
-        return {}
+        return {}, {}
     contentType = request.getHeader(b"content-type") or b""
     mime = _mime(contentType)
     if mime == _FORM:
         if body.lstrip()[:1] in (b"{", b"["):
-            return {}  # JSON sent the curl -d way: read as JSON below
+            return {}, {}  # JSON sent the curl -d way: read as JSON below
         parsed: Fields = parse_qs(body, 1)
-        return parsed
+        return parsed, {}
     if mime == b"multipart/form-data":
-        try:
-            from twisted.web.http import _getMultiPartArgs
-        except ImportError:  # pragma: no cover - a future twisted.web
-            return {}
-        try:
-            parts: Fields = _getMultiPartArgs(body, contentType)
-        except Exception:
-            raise BadRequest("malformed multipart body") from None
-        return parts
-    return {}
+        return _multipart(contentType, body)
+    return {}, {}
+
+
+def _multipart(contentType: bytes, body: bytes) -> tuple[Fields, dict[str, UploadedFile]]:
+    """
+    Parse a C{multipart/form-data} body (RFC 7578) with the standard
+    library's MIME parser: every part is a field; a part with a filename is
+    a file as well.
+    """
+    try:
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + contentType + b"\r\n\r\n" + body
+        )
+        if not message.is_multipart():
+            raise BadRequest("malformed multipart body")
+        fields: Fields = {}
+        files: dict[str, UploadedFile] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if not isinstance(name, str):
+                continue  # not a form field
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+            fields.setdefault(name.encode("utf-8"), []).append(data)
+            filename = part.get_filename()
+            if filename is not None:
+                files[name] = UploadedFile(filename, part.get_content_type(), data)
+    except BadRequest:
+        raise
+    except Exception:
+        raise BadRequest("malformed multipart body") from None
+    return fields, files
 
 
 def _decode(raw: bytes, what: str) -> str:
@@ -175,7 +205,7 @@ def parse_request(request: Request) -> Arguments:
     if not query_string and not body:
         return Arguments({})  # most GETs: a fresh one, plugins may keep it
     query: Fields = parse_qs(query_string, 1) if query_string else {}
-    form = _form(request, body)
+    form, files = _form(request, body)
     contentType = request.getHeader(b"content-type") or b""
     document = _json_document(contentType, body) if body else None
     if document is not None and not _is_json_type(contentType):
@@ -213,4 +243,5 @@ def parse_request(request: Request) -> Arguments:
         body,
         fromQuery[0].decode("utf-8", "replace") if fromQuery else None,
         bodyKey,
+        files,
     )

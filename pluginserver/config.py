@@ -32,6 +32,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeAlias, TypeVar
@@ -55,6 +56,14 @@ _ENDPOINT_PATH_KEYS = frozenset(
 )
 
 _AUTH_MODES = ("global", "plugin", "none")
+
+RESERVED_ROUTES = frozenset({"plugins", "reload", "metrics", "health"})
+"""Route names the server keeps for itself: no plugin and no documents tree
+may take one (L{pluginserver.registry.RESERVED_NAMES} is this set)."""
+
+ROUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+"""What a route name may be: one path segment, as plugins and documents
+trees are named."""
 
 
 class ConfigError(Exception):
@@ -436,6 +445,47 @@ def _bindto(value: Any, raw: str) -> str:
     return _string(value, raw).strip().strip("[]")
 
 
+def _document_trees(value: Any, raw: str) -> tuple[tuple[str, str], ...]:
+    """
+    C{[paths] documents}: one tree or a C{list:} of them, each C{ROUTE:DIR}
+    or C{DIR} alone (the route is then the directory's basename), as the
+    old server's C{documents=} key.  The directories come back as written;
+    L{_Loader.documents} resolves and checks them.
+
+    The first colon separates the route only when what precedes it is a
+    route name (so C{/srv/a:b} is a directory).  A route must be a valid
+    route name (one path segment), not one the server keeps for itself,
+    and given once.
+    """
+    if isinstance(value, str):
+        items = value.split()
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = value
+    else:
+        raise ValueError(f"expected ROUTE:DIR or DIR, or a list: of them, found {raw!r}")
+    trees: list[tuple[str, str]] = []
+    for item in items:
+        route, colon, directory = item.partition(":")
+        if not colon or "/" in route or "\\" in route:
+            route, directory = "", item
+        directory = directory.strip()
+        if not directory:
+            raise ValueError(f"{item!r}: no directory after the route")
+        if not route:
+            route = os.path.basename(os.path.normpath(os.path.expanduser(directory)))
+        if not ROUTE_NAME.match(route):
+            raise ValueError(
+                f"{item!r}: route {route!r} is not a valid route name "
+                "(letters, digits, _ . -; write ROUTE:DIR to choose one)"
+            )
+        if route in RESERVED_ROUTES:
+            raise ValueError(f"{item!r}: route {route!r} is reserved by the server")
+        if any(route == known for known, _ in trees):
+            raise ValueError(f"route {route!r} is given twice")
+        trees.append((route, directory))
+    return tuple(trees)
+
+
 # ---------------------------------------------------------------------------
 # The known keys: each declared once, here.  The Settings defaults, the
 # loader, the unknown-key check and the configuration reference's test
@@ -560,6 +610,14 @@ KEYS: tuple[Key, ...] = (
         "plugins_dir",
         "The plugins directory.",
         path=True,
+    ),
+    Key(
+        "paths",
+        "documents",
+        _document_trees,
+        (),
+        "documents",
+        "Static document trees: ROUTE:DIR, or DIR served at its basename.",
     ),
     Key(
         "auth",
@@ -880,6 +938,7 @@ class Settings:
     cors_origins: tuple[str, ...] = _field_default("cors_origins")
     access_allow: tuple[Network, ...] | None = _field_default("access_allow")
     trusted_proxies: tuple[Network, ...] = _field_default("trusted_proxies")
+    documents: tuple[tuple[str, str], ...] = _field_default("documents")
     sections: Mapping[str, Mapping[str, Any]] = attr.ib(
         factory=_frozen_empty, hash=False, repr=False
     )
@@ -1247,6 +1306,7 @@ class _Loader:
         self._interpolate_all()
         listen, origin = self.listeners()
         values = {key.field: self.read(key.section, key.name) for key in KEYS if not key.listener}
+        values["documents"] = self.documents(values["documents"])
         return Settings(
             path=self.path,
             listen=listen,
@@ -1297,6 +1357,22 @@ class _Loader:
             (f"ssl:{description}:privateKey={keys[0]}:certKey={keys[1]}",),
             "[SSL] keyfile",
         )
+
+    def documents(self, trees: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """
+        The documents trees with each directory made absolute (against the
+        config file's directory) and checked: it must be a directory now,
+        or the server would answer 404 for every file of a tree it claims
+        to serve.
+        """
+        resolved = []
+        for route, directory in trees:
+            path = _absolute(directory, self.base_dir)
+            if not os.path.isdir(path):
+                problem = "does not exist" if not os.path.exists(path) else "is not a directory"
+                raise self._error("paths", "documents", f"{route}: {path} {problem}")
+            resolved.append((route, path))
+        return tuple(resolved)
 
     def sections(self) -> Mapping[str, Mapping[str, Any]]:
         """

@@ -9,7 +9,8 @@ value, a C{(status, value)} tuple, or an L{HTTPError}.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+import os
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
 
 import attr
@@ -89,6 +90,8 @@ class PluginRequest:
     @ivar headers: the request headers, case-insensitive.
     @ivar client: the client's IP address (after the trusted-proxy rule).
     @ivar body: the raw request body.
+    @ivar files: the file fields of a multipart form, by field name: each
+        an L{UploadedFile} (its content is also in C{args}, as before).
     """
 
     method: str
@@ -98,6 +101,7 @@ class PluginRequest:
     headers: Headers = attr.Factory(lambda: Headers({}))
     client: str = ""
     body: bytes = b""
+    files: Mapping[str, UploadedFile] = attr.Factory(dict)
 
 
 class RawJSON(bytes):
@@ -108,8 +112,131 @@ class RawJSON(bytes):
     """
 
 
-Result: TypeAlias = Any | tuple[int, Any]
-"""What C{handle} may return: a value (200) or a C{(status, value)} tuple."""
+HeaderValues: TypeAlias = "str | bytes | Sequence[str | bytes]"
+"""A header's value, or its values when it is sent more than once."""
+
+
+class Response:
+    """
+    Any answer: a body with a status, headers and a content type of the
+    plugin's choosing.
+
+    The body decides the default content type: a C{str} is sent UTF-8
+    encoded as C{text/plain; charset=utf-8}; C{bytes} as
+    C{application/octet-stream}; L{None} sends no body and no content type;
+    an iterator or async iterator of C{str}/C{bytes} chunks is streamed (its
+    first chunk decides the type); any other value is encoded as JSON
+    (C{application/json}).  C{content_type} overrides the default.
+
+    C{headers} may set any header but the framing ones (C{Content-Length},
+    C{Transfer-Encoding}, C{Connection}): the server frames the answer.  A
+    plugin's C{Cache-Control} replaces the default C{no-store};
+    C{X-Content-Type-Options: nosniff} always stays.
+
+    @ivar body: what to send.
+    @ivar status: the status, from 200 to 599.
+    @ivar headers: extra headers by name; a sequence of values sends the
+        header once per value.
+    @ivar content_type: the C{Content-Type}, or L{None} for the body's
+        default.
+    """
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        body: Any = b"",
+        status: int = 200,
+        headers: Mapping[str, HeaderValues] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        self.body = body
+        self.status = status
+        self.headers = headers
+        self.content_type = content_type
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status!r}, "
+            f"content_type={self.content_type!r}, headers={self.headers!r})"
+        )
+
+
+def redirect(url: str, status: int = 302) -> Response:
+    """
+    A redirect to C{url}: C{status} (302 by default; 301, 303, 307 and 308
+    are the others that make sense) with C{Location} and no body.
+    """
+    return Response(None, status, {"Location": url})
+
+
+class FileResponse(Response):
+    """
+    A file, served without blocking the reactor and without reading it
+    whole into memory, with C{Content-Length}, C{Last-Modified}, C{ETag},
+    304 answers to conditional requests and single C{Range} requests.  A
+    missing or unreadable file is a 404.
+
+    @ivar path: the file.
+    @ivar download_name: when given, the file is sent as an attachment
+        (C{Content-Disposition}) under this name.
+    """
+
+    __slots__ = ("download_name", "path")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        content_type: str | None = None,
+        download_name: str | None = None,
+        headers: Mapping[str, HeaderValues] | None = None,
+    ) -> None:
+        super().__init__(None, 200, headers, content_type)
+        self.path = os.fspath(path)
+        self.download_name = download_name
+
+
+class EventStream(Response):
+    """
+    A stream of server-sent events (C{text/event-stream}).
+
+    Each item of C{events} (an iterator or async iterator) is one event: a
+    dict with a C{data} key and no keys but C{data}, C{event}, C{id} and
+    C{retry} is sent as those fields (C{data} JSON-encoded); any other item
+    is sent whole as C{data: <json>}.  A C{: keep-alive} comment goes out
+    every C{heartbeat} seconds.
+    """
+
+    __slots__ = ("heartbeat",)
+
+    def __init__(
+        self,
+        events: Any,
+        heartbeat: float = 15,
+        headers: Mapping[str, HeaderValues] | None = None,
+    ) -> None:
+        super().__init__(events, 200, headers, "text/event-stream")
+        self.heartbeat = heartbeat
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class UploadedFile:
+    """
+    A file field of a multipart form (C{request.files}).
+
+    @ivar filename: the name the client gave it (never a path to trust).
+    @ivar content_type: the type the client declared.
+    @ivar data: its content.
+    """
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+Result: TypeAlias = Any | tuple[int, Any] | tuple[int, Any, Mapping[str, HeaderValues]] | Response
+"""What C{handle} may return: a value (200), a C{(status, value)} or
+C{(status, value, headers)} tuple, or a L{Response}."""
 
 
 class Plugin:

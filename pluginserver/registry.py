@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import keyword
 import os
-import re
 import time
 import types
 from collections.abc import Callable, Generator, Mapping
@@ -42,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from pluginserver.config import RESERVED_ROUTES, ROUTE_NAME
 from pluginserver.modules import (
     HelperLoadError,
     PluginLoadError,
@@ -65,10 +65,11 @@ __all__ = [
     "route_name_error",
 ]
 
-RESERVED_NAMES = frozenset({"plugins", "reload", "metrics", "health"})
-"""Route names the server keeps for itself."""
+RESERVED_NAMES = RESERVED_ROUTES
+"""Route names the server keeps for itself (declared with the configuration,
+which refuses them as documents routes too)."""
 
-_ROUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_ROUTE_NAME = ROUTE_NAME
 
 log = Logger()
 
@@ -221,6 +222,11 @@ class PluginRegistry:
 
     @param observe: called with a plugin's name and C{True} or C{False} after
         each load or reload of it succeeds or fails (for metrics).
+    @param retired: called with each L{LoadedPlugin} that stops serving
+        (replaced by a new generation, removed, or stopped with the
+        server), right before its C{stop()} runs, so that what was started
+        for it elsewhere ends with it (the web layer's open streams); also
+        the attribute C{retired}, which may be set after construction.
     @param start_timeout: seconds a plugin's start() or stop() may take.
     @param reactor: the reactor whose thread runs everything but module
         bodies.
@@ -237,6 +243,7 @@ class PluginRegistry:
         package: str = "pluginserver_plugins",
         clock: Callable[[], float] = time.time,
         observe: Callable[[str, bool], None] | None = None,
+        retired: Callable[[LoadedPlugin], None] | None = None,
         start_timeout: float = 30.0,
         reactor: Any = None,
         threadpool: ThreadPool | None = None,
@@ -246,6 +253,7 @@ class PluginRegistry:
         self._config = config
         self._clock = clock
         self._observe = observe or (lambda name, success: None)
+        self.retired: Callable[[LoadedPlugin], None] = retired or (lambda loaded: None)
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -287,12 +295,14 @@ class PluginRegistry:
         cannot be plugins are logged and left out.  Raises L{DirectoryError}
         when the directory cannot be listed.
 
-        A file named after a reserved route is refused here, whatever route
-        its class names: only the reserved names, not the whole route-name
-        rule (L{route_name_error}), since a file whose stem is no valid
-        route may still name a valid one in its class.
+        A file named after a reserved route or a documents tree (C{[paths]
+        documents}) is refused here, whatever route its class names: only
+        those names, not the whole route-name rule (L{route_name_error}),
+        since a file whose stem is no valid route may still name a valid
+        one in its class.
         """
         stems = []
+        documents = self._documentRoutes()
         for entry in sorted(self._listDirectory()):
             if not entry.endswith(".py"):
                 continue
@@ -312,8 +322,35 @@ class PluginRegistry:
                     name=stem,
                 )
                 continue
+            if stem in documents:
+                log.error(
+                    "Plugin file {file} refused: /{name} is a documents tree "
+                    "([paths] documents in the configuration)",
+                    file=os.path.join(self.directory, entry),
+                    name=stem,
+                )
+                continue
             stems.append(stem)
         return stems
+
+    def _documentRoutes(self) -> frozenset[str]:
+        """
+        The routes of the configuration's documents trees (C{[paths]
+        documents}): reserved for them, so that no plugin shadows a tree.
+        The configuration is L{Settings} in the server; in tests it may be
+        anything, or nothing.
+        """
+        trees = getattr(self._config, "documents", None) or ()
+        return frozenset(route for route, _ in trees)
+
+    def _documentsError(self, name: str) -> str | None:
+        """
+        Why C{name} cannot be a plugin's route because a documents tree
+        has it, or L{None}.
+        """
+        if name in self._documentRoutes():
+            return f"route /{name} is a documents tree ([paths] documents in the configuration)"
+        return None
 
     def _byStem(self, stem: str) -> LoadedPlugin | None:
         for loaded in self._byName.values():
@@ -375,7 +412,7 @@ class PluginRegistry:
         when the route-name rule refuses it or another file serves it.
         """
         name = route_name(cls, stem)
-        error = route_name_error(name)
+        error = route_name_error(name) or self._documentsError(name)
         if error is not None:
             raise PluginLoadError(error)
         other = self._byName.get(name)
@@ -464,7 +501,19 @@ class PluginRegistry:
         Call C{loaded}'s C{stop()}; log, never raise, whatever it does
         (any L{BaseException}, or not finishing in time), so that a swap
         still succeeds and the other plugins are still stopped.
+
+        L{retired} is told first: what it ends (streams reading from the
+        instance) ends while the instance still works, and stop() does not
+        pull anything from under it.
         """
+        try:
+            self.retired(loaded)
+        except Exception:
+            log.failure(
+                "Plugin {plugin} generation {generation}: ending what it served failed",
+                plugin=loaded.name,
+                generation=loaded.generation,
+            )
         stopped = yield _settled(self._bounded(_maybe_async(loaded.stop)))
         if stopped is None:
             return
@@ -652,7 +701,7 @@ class PluginRegistry:
                 results[stem] = (None, str(e))
                 continue
             name = route_name(cls, stem)
-            results[stem] = (name, route_name_error(name))
+            results[stem] = (name, route_name_error(name) or self._documentsError(name))
         return results
 
     def params_for(self, stem: str, name: str) -> Mapping[str, Any]:

@@ -43,7 +43,7 @@ from pluginserver.web import PluginServerResource
 log = Logger()
 
 
-class _DaemonThreadPool(ThreadPool):
+class DaemonThreadPool(ThreadPool):
     """
     The pool of blocking plugins: its threads do not hold the process
     open after a stop (a handler that never returns must not stop the
@@ -180,10 +180,12 @@ class PluginServerService(MultiService):
             start_timeout=settings.start_timeout,
             reactor=reactor,
         )
-        self.threadpool = _DaemonThreadPool(
+        self.threadpool = DaemonThreadPool(
             minthreads=0, maxthreads=settings.threads, name="pluginserver"
         )
         self.resource = PluginServerResource(self, reactor, self.threadpool, self.metrics)
+        # A generation that stops serving ends the streams it answered.
+        self._registry.retired = self.resource.streams.end
         self.site = PluginServerSite(
             self.resource,
             logPath=settings.access_log,
@@ -192,7 +194,7 @@ class PluginServerService(MultiService):
         )
         self.site.displayTracebacks = False
         self.site.metrics = self.metrics
-        self._applyLimits(settings)
+        self.site.configure(settings)
         self._previousHup: Any = None
         self._previousUsr1: Any = None
         self._stopping = False
@@ -280,18 +282,13 @@ class PluginServerService(MultiService):
             log.warn("Listeners changed in {path}: they take effect on restart", path=new.path)
         if new.plugins_dir != old.plugins_dir:
             log.warn("[paths] plugins changed in {path}: it takes effect on restart", path=new.path)
-        self._applyLimits(new)
+        self.site.configure(new)
         self.threadpool.adjustPoolsize(maxthreads=new.threads)
         if new.access_log != old.access_log:
             self.site.set_access_log(new.access_log)
         self._settings = new
         self._registry.start_timeout = new.start_timeout
         self.resource.configure(new)
-
-    def _applyLimits(self, settings: Settings) -> None:
-        self.site.timeOut = settings.idle_timeout
-        self.site.max_body = settings.max_body
-        self.site.header_timeout = settings.header_timeout
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -386,6 +383,9 @@ class PluginServerService(MultiService):
             signal.signal(signal.SIGUSR1, self._previousUsr1)
             self._previousUsr1 = None
         yield super().stopService()  # stop listening
+        # Streams would never finish by themselves: they end now, cleanly,
+        # and the drain waits only for the other requests.
+        self.resource.streams.end_all()
         yield self._drain(self._settings.shutdown_timeout)
         yield self._registry.stop_all()
         if self.threadpool.started:

@@ -48,6 +48,7 @@ from pluginserver.answers import (
     TOO_LARGE,
     URI_TOO_LONG,
 )
+from pluginserver.config import Settings
 from pluginserver.metrics import Metrics
 
 _NO_METHOD_YET = Request.method  # what a request's method is until it is received
@@ -539,6 +540,14 @@ class PluginServerSite(Site):
         # The Date header's value, made at most once a second (by requests).
         self._dateSecond = -1
         self._date = b""
+
+    def configure(self, settings: Settings) -> None:
+        """
+        Take the limits of new settings into use (at start and on reload).
+        """
+        self.timeOut = settings.idle_timeout
+        self.max_body = settings.max_body
+        self.header_timeout = settings.header_timeout
 
     @property
     def inflight(self) -> int:

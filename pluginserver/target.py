@@ -38,12 +38,16 @@ class BadTarget(Exception):  # noqa: N818 - named after what it reports
     path whose spelling is refused, 400 when it is not in origin form.
 
     @ivar status: the status to answer with.
+    @ivar message: the error the client is told.
+    @ivar reason: for a refused spelling, what was wrong with it (for the
+        log: such paths are how traversal is attempted); else L{None}.
     """
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason
 
 
 @attr.s(auto_attribs=True, slots=True)
@@ -84,8 +88,11 @@ def _segment(raw: bytes) -> str:
         segment = text.decode("utf-8")
     except UnicodeDecodeError:
         raise BadTarget(400, "invalid UTF-8 in path") from None
-    if segment in (".", "..") or _FORBIDDEN.search(segment):
-        raise BadTarget(404, "not found")
+    if segment in (".", ".."):
+        raise BadTarget(404, "not found", f"a {segment!r} segment")
+    forbidden = _FORBIDDEN.search(segment)
+    if forbidden is not None:
+        raise BadTarget(404, "not found", f"a segment holding {forbidden.group()!r}")
     return segment
 
 
@@ -109,7 +116,7 @@ def parse_path(path: bytes) -> Target:
     last = len(raw) - 1
     for index, piece in enumerate(raw):
         if not piece and index != last:
-            raise BadTarget(404, "not found")  # a doubled slash
+            raise BadTarget(404, "not found", "an empty segment")
     return Target(_segment(raw[0]), "/".join(_segment(piece) for piece in raw[1:]))
 
 

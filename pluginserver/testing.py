@@ -38,7 +38,6 @@ import itertools
 import json as _json
 import os
 import shutil
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -50,13 +49,13 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
 from pluginserver.config import ConfigError, Settings, load_settings
 from pluginserver.metrics import Metrics
 from pluginserver.registry import PluginRegistry, ReloadReport
+from pluginserver.service import DaemonThreadPool
 from pluginserver.site import PluginServerChannel, PluginServerSite
 from pluginserver.web import PluginServerResource
 
@@ -237,15 +236,6 @@ class _Time:
         self._reactor.callFromThread(f, *args, **kw)
 
 
-class _DaemonThreadPool(ThreadPool):
-    """
-    Threads for blocking handlers that never keep the test run alive.
-    """
-
-    def threadFactory(self, *args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
-        return threading.Thread(*args, daemon=True, **kwargs)
-
-
 class Server:
     """
     Plugins served in memory; made by L{serve}.
@@ -293,16 +283,18 @@ class Server:
             start_timeout=self._settings.start_timeout,
             reactor=reactor,
         )
-        self._threadpool = _DaemonThreadPool(
+        self._threadpool = DaemonThreadPool(
             minthreads=0, maxthreads=self._settings.threads, name="pluginserver-testing"
         )
         self.resource = PluginServerResource(
             self, _Time(clock, reactor), self._threadpool, self.metrics
         )
+        # As in the server: a retired generation's streams end.
+        self.registry.retired = self.resource.streams.end
         self.site = PluginServerSite(self.resource, reactor=clock)
         self.site.displayTracebacks = False
         self.site.metrics = self.metrics
-        self._applyLimits(self._settings)
+        self.site.configure(self._settings)
         self._connections: set[_Connection] = set()
         self._answered: list[tuple[_Connection, Answer | Failure]] = []
         self._sending = 0
@@ -338,15 +330,10 @@ class Server:
         if settings == self._settings:
             return
         self._settings = settings
-        self._applyLimits(settings)
+        self.site.configure(settings)
         self._threadpool.adjustPoolsize(maxthreads=settings.threads)
         self.registry.start_timeout = settings.start_timeout
         self.resource.configure(settings)
-
-    def _applyLimits(self, settings: Settings) -> None:
-        self.site.timeOut = settings.idle_timeout
-        self.site.max_body = settings.max_body
-        self.site.header_timeout = settings.header_timeout
 
     # -- requests ------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from klein import Klein
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -32,18 +32,34 @@ from werkzeug.routing import RequestRedirect
 
 from pluginserver.answers import (
     UNENCODABLE,
+    BadResponse,
     answer,
+    check_status,
     empty,
     encode,
+    encode_body,
     encode_json,
     error,
+    header_pairs,
+    header_value,
+    is_stream,
     json_answer,
+    set_headers,
 )
 from pluginserver.arguments import Arguments, BadRequest, parse_request
 from pluginserver.config import Settings
+from pluginserver.files import DocumentTree, serve_file
 from pluginserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pluginserver.metrics import Metrics
-from pluginserver.plugin import Headers, HTTPError, PluginRequest
+from pluginserver.plugin import (
+    EventStream,
+    FileResponse,
+    Headers,
+    HTTPError,
+    PluginRequest,
+    RawJSON,
+    Response,
+)
 from pluginserver.registry import (
     RESERVED_NAMES,
     LoadedPlugin,
@@ -59,6 +75,7 @@ from pluginserver.security import (
     keys_match,
     preflight_headers,
 )
+from pluginserver.streams import Streams
 from pluginserver.target import BadTarget, Target, parse_path, split_absolute
 
 if TYPE_CHECKING:
@@ -71,6 +88,7 @@ HELD_TOO_LONG = 0.5
 
 
 _UTILITY_METHODS = frozenset({"GET", "HEAD", "POST"})
+_DOCUMENT_METHODS = frozenset({"GET", "HEAD"})
 _SAFE = frozenset({b"GET", b"HEAD"})
 _METHODS = {
     m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -147,10 +165,14 @@ class PluginServerResource(Resource):
         self._metrics = metrics
         self._utility: Resource = UtilityRoutes(runtime, metrics).app.resource()
         self._lookup = runtime.registry.get
+        self.streams = Streams(reactor)
+        """The open streamed answers, ended when their generation retires."""
         # When each generation last warned of holding the reactor.
-        self._heldWarned: dict[tuple[str, int], float] = {}
-        # When each refused Host was last logged.
+        self._heldWarned: dict[str, float] = {}
+        # When each refused Host, and each client's refused path, was last
+        # logged.
         self._hostLogged: dict[str, float] = {}
+        self._pathLogged: dict[str, float] = {}
         self.configure(runtime.settings)
 
     def configure(self, settings: Settings) -> None:
@@ -158,7 +180,21 @@ class PluginServerResource(Resource):
         Take new settings into use (the owner calls this when it reloads
         its configuration).
         """
-        self._policy = SecurityPolicy.from_settings(settings)
+        self._policy = policy = SecurityPolicy.from_settings(settings)
+        self.streams.configure(settings)
+        # Each documents tree with the key it needs (None: none), by route.
+        documents: dict[str, tuple[DocumentTree, str | None]] = {}
+        for route, directory in settings.documents:
+            params = settings.plugin_params.get(route) or {}
+            mode = params.get("auth", "global")
+            key = policy.apikey if mode == "global" else params.get("apikey") or None
+            if mode == "none":
+                key = None
+            # A public tree may be kept by browsers and revalidated (ETag,
+            # 304); one behind a key is never stored (the default no-store).
+            cache = b"no-cache" if key is None else b"no-store"
+            documents[route] = (DocumentTree(route, directory, cache), key)
+        self._documents = documents
 
     def render(self, request: PluginServerRequest) -> Any:
         # The site's request has already set the headers every answer
@@ -194,21 +230,34 @@ class PluginServerResource(Resource):
             target = parse_path(request.path)
         except BadTarget as e:
             request.route = "other"
+            if e.reason is not None:
+                self._refusedPath(request, client, e.reason)
             return error(request, e.status, e.message)
         name = target.name
         loaded = self._lookup(name)
+        # A documents tree serves a name no plugin has: looked up only then.
+        tree = self._documents.get(name) if loaded is None else None
         # The route label of this request's metrics (the site counts it).
-        request.route = name if loaded is not None or name in RESERVED_NAMES else "other"
+        request.route = (
+            name if loaded is not None or tree is not None or name in RESERVED_NAMES else "other"
+        )
         if policy.cors_enabled:
-            preflight = self._cors(request, policy, loaded)
+            methods = loaded.methods if loaded else _DOCUMENT_METHODS if tree else None
+            preflight = self._cors(request, policy, methods)
             if preflight is not None:
                 return preflight
         # A page of another site may read what CORS lets it, but never
         # act: no utility route, no plugin method that changes state.
-        guarded = name in RESERVED_NAMES if loaded is None else request.method not in _SAFE
+        guarded = (
+            name in RESERVED_NAMES
+            if loaded is None and tree is None
+            else request.method not in _SAFE
+        )
         if guarded and self._crossSite(request, policy):
             return error(request, 403, "cross-site request refused")
         if loaded is None:
+            if tree is not None:
+                return self._document(request, policy, tree, target, client)
             return self._utilityRoute(request, policy, target)
         return self._dispatch(request, loaded, target.subpath, policy, client)
 
@@ -226,7 +275,7 @@ class PluginServerResource(Resource):
         )
 
     def _cors(
-        self, request: HTTPRequest, policy: SecurityPolicy, loaded: LoadedPlugin | None
+        self, request: HTTPRequest, policy: SecurityPolicy, methods: frozenset[str] | None
     ) -> Any:
         """
         Apply the CORS policy: add its headers, refuse an origin that is not
@@ -245,8 +294,7 @@ class PluginServerResource(Resource):
         if request.method == b"OPTIONS" and request.getHeader(b"access-control-request-method"):
             # A preflight carries no credentials: answer it before any key
             # is asked for.
-            methods = loaded.methods if loaded else _UTILITY_METHODS
-            for header, value in preflight_headers(methods):
+            for header, value in preflight_headers(methods or _UTILITY_METHODS):
                 headers.setRawHeaders(header, [value])
             request.setResponseCode(204)
             return empty(request)
@@ -276,6 +324,40 @@ class PluginServerResource(Resource):
             if not self._authorized(request, policy, policy.apikey, arguments):
                 return self._unauthorized(request)
         return self._utility.render(request)
+
+    def _document(
+        self,
+        request: PluginServerRequest,
+        policy: SecurityPolicy,
+        documents: tuple[DocumentTree, str | None],
+        target: Target,
+        client: str,
+    ) -> Any:
+        """
+        Serve a file of a documents tree, after its gate: GET and HEAD only,
+        and the key it needs (the global one unless its C{[plugin_parms]}
+        say C{auth=none} or give it its own).
+        """
+        tree, key = documents
+        if request.method not in _SAFE:
+            request.setHeader(b"allow", b"GET, HEAD")
+            return error(request, 405, "method not allowed")
+        if key is not None:
+            try:
+                arguments = parse_request(request)
+            except BadRequest as e:
+                return error(request, 400, str(e))
+            if not self._authorized(request, policy, key, arguments):
+                return self._unauthorized(request)
+        return tree.serve(request, target.subpath, client, self._inThread)
+
+    def _inThread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        """
+        Run C{f(*args)} in the thread pool of blocking plugins.
+        """
+        if self._threadpool is None:
+            return deferToThread(f, *args)
+        return deferToThreadPool(self._reactor, self._threadpool, f, *args)
 
     def _client(self, request: HTTPRequest, policy: SecurityPolicy) -> str:
         peer = getattr(request.getClientAddress(), "host", "")
@@ -327,6 +409,7 @@ class PluginServerResource(Resource):
             headers=_LazyHeaders(request.requestHeaders),
             client=client,
             body=arguments.body,
+            files=arguments.files,
         )
         if loaded.blocking and self._threadpool is not None:
             d = deferToThreadPool(self._reactor, self._threadpool, loaded.handle, preq)
@@ -369,22 +452,56 @@ class PluginServerResource(Resource):
         return self._result(request, loaded, result)
 
     def _result(self, request: HTTPRequest, loaded: LoadedPlugin, result: Any) -> Any:
-        status = 200
-        if type(result) is tuple and len(result) == 2 and type(result[0]) is int:
-            status, result = result
-            if not 200 <= status <= 599:
-                # 1xx would leave the client waiting for the real answer;
-                # anything else is not HTTP.
-                self._logError(
-                    request, loaded, "answered status {status}, outside 200-599", status=status
-                )
-                return error(request, 500, "internal error")
+        """
+        Answer what a plugin's handle gave: a L{Response}, a C{(status,
+        value)} or C{(status, value, headers)} tuple, or a value (200 JSON).
+        """
+        if isinstance(result, Response):
+            return self._respond(request, loaded, result)
+        if type(result) is tuple:
+            if len(result) in (2, 3):
+                value = result[1]
+                try:
+                    body = encode_json(value)
+                except UNENCODABLE:
+                    self._logFailure(Failure(), request, loaded)
+                    return error(request, 500, "internal error")
+                headers = result[2] if len(result) == 3 else None
+                return self._respond(request, loaded, Response(RawJSON(body), result[0], headers))
+            self._logError(
+                request, loaded, "answered a tuple of {length} items", length=len(result)
+            )
+            return error(request, 500, "internal error")
         try:
             body = encode_json(result)
         except UNENCODABLE:
             self._logFailure(Failure(), request, loaded)
             return error(request, 500, "internal error")
-        return answer(request, status, body)
+        return answer(request, 200, body)
+
+    def _respond(self, request: HTTPRequest, loaded: LoadedPlugin, response: Response) -> Any:
+        """
+        Send a plugin's L{Response}: checked whole before anything is set,
+        so that a mistake in it is a clean logged 500.
+        """
+        try:
+            status = check_status(response.status)
+            pairs, headerType = header_pairs(response.headers)
+            contentType = (
+                header_value("Content-Type", response.content_type)
+                if response.content_type is not None
+                else headerType
+            )
+            if isinstance(response, FileResponse):
+                return serve_file(request, response, status, pairs, contentType)
+            if isinstance(response, EventStream) or is_stream(response.body):
+                return self.streams.serve(request, loaded, response, status, pairs, contentType)
+            body, implied = encode_body(response.body)
+        except BadResponse as e:
+            self._logError(request, loaded, "answered what cannot be sent: {problem}", problem=e)
+            return error(request, 500, "internal error")
+        set_headers(request, pairs, contentType if contentType is not None else implied)
+        return answer(request, status, body if body is not None else b"")
 
     def _wait(self, request: HTTPRequest, loaded: LoadedPlugin, d: defer.Deferred[Any]) -> Any:
         """
@@ -446,6 +563,34 @@ class PluginServerResource(Resource):
         request.write(body)
         request.finish()
 
+    def _refusedPath(self, request: HTTPRequest, client: str, reason: str) -> None:
+        """
+        Log a path refused for its spelling (dot segments, encoded slashes,
+        backslashes, NUL: how path traversal is tried), at most once a
+        minute per client.
+        """
+        if not self._onceAMinute(self._pathLogged, client):
+            return
+        log.warn(
+            "Refused path {path!r} from {client}: {reason} (traversal attempt?)",
+            path=request.path.decode("latin-1")[:200],
+            client=client or "a unix socket",
+            reason=reason,
+        )
+
+    def _onceAMinute(self, seen: dict[str, float], key: str) -> bool:
+        """
+        Whether to log about C{key} now: not if it was logged in the last
+        minute.  C{seen} is bounded: clients cannot grow it without end.
+        """
+        now = self._reactor.seconds()
+        if now - seen.get(key, -math.inf) < 60:
+            return False
+        if len(seen) > 1024:
+            seen.clear()
+        seen[key] = now
+        return True
+
     def _hostRefused(self, request: HTTPRequest, host: bytes | None) -> Any:
         """
         Refuse a C{Host} outside C{[server] allowed_hosts}, saying which host
@@ -456,11 +601,7 @@ class PluginServerResource(Resource):
             detail = f"host {name!r} is not in [server] allowed_hosts"
         else:
             detail = "the request names no host; [server] allowed_hosts needs one"
-        now = self._reactor.seconds()
-        if now - self._hostLogged.get(name, -math.inf) >= 60:
-            if len(self._hostLogged) > 1024:
-                self._hostLogged.clear()
-            self._hostLogged[name] = now
+        if self._onceAMinute(self._hostLogged, name):
             log.warn(
                 "Refused a request from {client}: {detail} ({path}); add it there "
                 "if clients reach this server by that name",
@@ -475,13 +616,8 @@ class PluginServerResource(Resource):
         Warn that a plugin's handle kept every other request waiting, at
         most once a minute per generation.
         """
-        now = self._reactor.seconds()
-        key = (loaded.name, loaded.generation)
-        if now - self._heldWarned.get(key, -math.inf) < 60:
+        if not self._onceAMinute(self._heldWarned, f"{loaded.name} {loaded.generation}"):
             return
-        if len(self._heldWarned) > 1024:
-            self._heldWarned.clear()
-        self._heldWarned[key] = now
         log.warn(
             "Plugin {plugin} generation {generation} held the reactor for {held:.2f} s: "
             "every other request waited.  Set blocking = True on its class to run "

@@ -71,6 +71,7 @@ class Server:
         trust: bytes | None = None,
         server: str = "",
         environ: dict[str, str] | None = None,
+        paths: str = "",
     ) -> None:
         self.case = case
         self.dir = os.path.abspath(case.mktemp())
@@ -85,6 +86,7 @@ class Server:
         self.listen = (listen or "tcp:{port}:interface=127.0.0.1").format(port=self.port)
         self.trust = trust
         self.server_keys = textwrap.dedent(server)
+        self.paths_keys = textwrap.dedent(paths)
         self.environ = {**os.environ, **(environ or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.write_config(ini)
@@ -99,13 +101,15 @@ class Server:
     def write_config(self, ini: str = "") -> None:
         """
         Write ps.ini: a listener on this server's port, the C{server} keys,
-        its plugins directory, and C{ini} (other sections) after that.
+        its plugins directory and the C{paths} keys, and C{ini} (other
+        sections) after that.
         """
         base = (
             f"[server]\nlisten = {self.listen}\n"
             + ("" if "shutdown_timeout" in self.server_keys else "shutdown_timeout = float:5\n")
             + self.server_keys
             + "[paths]\nplugins = plugins\n"
+            + self.paths_keys
         )
         with open(self.config, "w") as f:
             f.write(base + textwrap.dedent(ini))

@@ -1027,12 +1027,12 @@ class UnknownKeyTests(ConfigTestCase):
 
     def test_freeSections(self) -> None:
         settings = self.load(
-            "[paths]\nplugins = p\ndocuments = html:../www\n"
+            "[paths]\nplugins = p\ntemplates = html:../www\n"
             "[my_plugin]\nanything = int:3\n"
             "[file_server]\nroot = /srv\n"
             "[plugin_parms]\nwhatever = a=1\n"
         )
-        self.assertEqual(settings.sections["paths"]["documents"], "html:../www")
+        self.assertEqual(settings.sections["paths"]["templates"], "html:../www")
         self.assertEqual(settings.sections["my_plugin"]["anything"], 3)
         self.assertEqual(settings.sections["file_server"]["root"], "/srv")
         self.assertEqual(settings.warnings, ())

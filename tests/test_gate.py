@@ -15,6 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pluginserver.target import BadTarget, parse_path, split_absolute
@@ -221,6 +222,26 @@ class GateTests(TestCase):
                 self.assertEqual(answer.headers.getRawHeaders("content-type"), ["application/json"])
         self.assertEqual(self.generation(), 1)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_traversalAttemptsAreLoggedOnceAMinute(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def refusals() -> list[str]:
+            return [formatEvent(e) for e in events if "Refused path" in formatEvent(e)]
+
+        for target in ["/hello/..%2f..%2fetc/passwd", "/hello/%2e%2e/x", "/hello/a%5cb"]:
+            answer = now(self.server, request("GET", target))
+            assert answer is not None
+            self.assertEqual(answer.status, 404)
+        (line,) = refusals()
+        self.assertIn("'/hello/..%2f..%2fetc/passwd' from 127.0.0.1", line)
+        self.assertIn("a segment holding '/'", line)
+        self.server.clock.advance(61)
+        now(self.server, request("GET", "/hello/%2e%2e/x"))
+        self.assertEqual(len(refusals()), 2)
+        self.assertIn("a '..' segment", refusals()[1])
 
     def test_targetsNotInOriginForm(self) -> None:
         for target in ["*", "a/plugins", "plugins"]:

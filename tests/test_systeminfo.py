@@ -28,8 +28,8 @@ from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from plugins import systeminfo
-from plugins.systeminfo import SECTIONS, SystemInfo
-from pluginserver.plugin import HTTPError, PluginRequest, RawJSON
+from plugins.systeminfo import SECTIONS, STREAM, SystemInfo
+from pluginserver.plugin import EventStream, HTTPError, PluginRequest, RawJSON
 
 CpuTimes = namedtuple("CpuTimes", "user nice system idle iowait irq softirq steal guest guest_nice")
 Mem = namedtuple("Mem", "total available percent used free")
@@ -788,3 +788,143 @@ class ReloadThroughRegistryTests(TestCase):
         self.assertLessEqual(len(os.listdir("/proc/self/fd")), fdsBefore + 2)
         yield registry.stop_all()
         self.assertEqual(self.runningSamplers(), [])
+
+
+def _next(events: Any) -> Deferred[Any]:
+    """The next item of an async iterator, as a Deferred."""
+
+    async def step() -> Any:
+        return await events.__anext__()
+
+    return Deferred.fromCoroutine(step())
+
+
+class StreamTests(Base):
+    """
+    C{/systeminfo/stream}: an EventStream of the published snapshots.
+    """
+
+    def test_route(self) -> None:
+        """
+        C{stream} is no section, and nothing is below it.
+        """
+        self.assertNotIn(STREAM, SECTIONS)
+        plugin = self.started()
+        for subpath in (STREAM, STREAM + "/"):
+            self.assertIsInstance(get(plugin, subpath), EventStream)
+        for subpath in ("stream/x", "streams"):
+            with self.assertRaises(HTTPError, msg=subpath) as e:
+                get(plugin, subpath)
+            self.assertEqual(e.exception.status, 404)
+        with self.assertRaises(HTTPError) as e:
+            get(self.make(), STREAM)
+        self.assertEqual(e.exception.status, 503)  # no sample yet
+
+    def test_eachSampleOnce(self) -> None:
+        """
+        The latest snapshot at once (the very RawJSON GET /systeminfo
+        answers), then each new sample as the sampler publishes it, and
+        nothing in between.
+        """
+        plugin = self.started(params={"interval": 0.5, "packages_interval": 0})
+        events = get(plugin, STREAM).body
+        first = self.successResultOf(_next(events))
+        self.assertIs(first, get(plugin))
+        pending = _next(events)
+        self.assertNoResult(pending)
+        self.clock.advance(0.25)
+        self.assertNoResult(pending)
+        self.clock.advance(0.25)
+        second = self.successResultOf(pending)
+        self.assertIs(second, get(plugin))
+        self.assertEqual(json.loads(second)["sampled_at"], BOOT + 1000.5)
+        self.assertEqual(list(json.loads(second)), list(SECTIONS))
+
+    def test_stopEndsTheStream(self) -> None:
+        """
+        The generation's stop() ends its streams, and leaves no waiter.
+        """
+        plugin = self.started()
+        events = get(plugin, STREAM).body
+        self.successResultOf(_next(events))
+        pending = _next(events)
+        plugin.stop()
+        self.failureResultOf(pending, StopAsyncIteration)
+        self.assertEqual(plugin._waiters, set())
+
+    def test_clientGoneLeavesNoWaiter(self) -> None:
+        """
+        A stream cancelled while it waits (its client went away) leaves
+        nothing behind.
+        """
+        plugin = self.started()
+        events = get(plugin, STREAM).body
+        self.successResultOf(_next(events))
+        pending = _next(events)
+        self.assertEqual(len(plugin._waiters), 1)
+        pending.cancel()
+        self.failureResultOf(pending, defer.CancelledError)
+        self.assertEqual(plugin._waiters, set())
+        self.clock.advance(1.0)  # a sample with no one waiting
+
+
+def _sse(port: int, count: int) -> tuple[dict[str, str], list[Any]]:
+    """
+    C{count} events of C{/systeminfo/stream}, parsed by a real SSE parser,
+    and the answer's headers.
+    """
+    import http.client
+
+    from sseclient import SSEClient
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/systeminfo/stream", headers={"Accept": "text/event-stream"})
+        response = connection.getresponse()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        headers["status"] = str(response.status)
+        events = []
+        for event in SSEClient(response).events():
+            events.append(event)
+            if len(events) == count:
+                break
+        return headers, events
+    finally:
+        connection.close()
+
+
+class StreamProcessTests(TestCase):
+    """
+    C{/systeminfo/stream} from a real server, read by a real SSE parser.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_samplesAsEvents(self) -> Any:
+        from twisted.internet.threads import deferToThread
+
+        from tests.process import Server
+
+        server = Server(
+            self,
+            ini="""
+            [plugin_parms]
+            systeminfo = interval=float:0.2&packages_interval=float:0
+            """,
+        )
+        source = os.path.join(os.path.dirname(__file__), "..", "plugins", "systeminfo.py")
+        shutil.copy(source, server.plugins)
+        yield server.start()
+        headers, events = yield deferToThread(_sse, server.port, 3)
+        self.assertEqual(headers["status"], "200")
+        self.assertEqual(headers["content-type"], "text/event-stream")
+        self.assertEqual(headers["cache-control"], "no-store")
+        self.assertEqual(len(events), 3)
+        samples = [json.loads(event.data) for event in events]
+        for sample in samples:
+            self.assertEqual(list(sample), list(SECTIONS))
+        times = [sample["sampled_at"] for sample in samples]
+        self.assertEqual(times, sorted(set(times)))  # each a new sample
+        self.assertLess(times[-1] - times[0], 2.0)
+        yield server.stop()
