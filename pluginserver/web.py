@@ -466,8 +466,19 @@ class PluginServerResource(Resource):
                 except UNENCODABLE:
                     self._logFailure(Failure(), request, loaded)
                     return error(request, 500, "internal error")
-                headers = result[2] if len(result) == 3 else None
-                return self._respond(request, loaded, Response(RawJSON(body), result[0], headers))
+                if len(result) == 3:
+                    return self._respond(
+                        request, loaded, Response(RawJSON(body), result[0], result[2])
+                    )
+                try:
+                    # (status, value): JSON with the default headers, as fast
+                    # as a plain value.
+                    return answer(request, check_status(result[0]), body)
+                except BadResponse as e:
+                    self._logError(
+                        request, loaded, "answered what cannot be sent: {problem}", problem=e
+                    )
+                    return error(request, 500, "internal error")
             self._logError(
                 request, loaded, "answered a tuple of {length} items", length=len(result)
             )
