@@ -297,9 +297,7 @@ class StreamCase(TestCase):
     @defer.inlineCallbacks
     def serve(self, **settings: Any) -> Any:
         self.server = yield testing.serve(self, self.dir.path, clock=self.clock, **settings)
-        self.streams = self.server.resource._streams
-        self.server.registry.retired = self.streams.end
-        self.streams.configure(self.server.settings)
+        self.streams = self.server.resource.streams
         self.addCleanup(self.closeWires)
 
     def closeWires(self) -> None:
