@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from pluginserver import testing
@@ -120,3 +122,56 @@ class ServerCase(TestCase):
         if answer.body:
             self.assertEqual(answer.headers.getRawHeaders("content-type"), ["application/json"])
         return answer.status, answer.headers, answer.json() if answer.body else None
+
+
+class PushBackTransport(StringTransport):
+    """
+    A StringTransport that pushes back as a TCP transport does: past
+    C{bufferSize} unsent bytes it pauses its producer, and L{drain} (the
+    client reading everything) resumes it.  It can half-close, as TCP can.
+
+    @ivar full: whether it has paused its producer.
+    @ivar received: everything the client has read.
+    @ivar writeClosed: whether the server shut down its sending side.
+    @ivar aborted: whether the server aborted the connection.
+    """
+
+    def __init__(self, bufferSize: int = 65536) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.bufferSize = bufferSize
+        self.full = False
+        self.received = b""
+        self.writeClosed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._pushBack()
+
+    def writeSequence(self, data: Any) -> None:
+        super().writeSequence(data)
+        self._pushBack()
+
+    def loseWriteConnection(self) -> None:
+        self.writeClosed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+    def _pushBack(self) -> None:
+        if self.producer is not None and len(self.io.getvalue()) > self.bufferSize:
+            self.full = True
+            self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        """
+        The client reads everything sent so far; the producer resumes.
+        """
+        sent = self.value()
+        self.received += sent
+        self.clear()
+        if self.full and self.producer is not None:
+            self.full = False
+            self.producer.resumeProducing()
+        return sent

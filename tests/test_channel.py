@@ -31,7 +31,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -40,7 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 from pluginserver.site import PluginServerChannel, PluginServerRequest, PluginServerSite
 from pluginserver.tls import DEFAULT_BACKLOG, listener_problem, tls_endpoint
 from tests.certs import make_certificate
-from tests.helpers import HELLO
+from tests.helpers import HELLO, PushBackTransport
 from tests.process import Server, sleep
 
 BIG = 524288  # bytes of "a" in a big answer: eight times a transport's buffer
@@ -81,46 +81,6 @@ class _Answers(Resource):
         return n
 
 
-class _Socket(StringTransport):
-    """
-    A StringTransport that pushes back as a TCP transport does: past
-    C{bufferSize} unsent bytes it pauses its producer, and L{drain}
-    (the client reading everything) resumes it.  C{producerState} says
-    whether the channel reads from it; it can half-close, as TCP can.
-    """
-
-    bufferSize = 65536
-    _full = False
-    writeClosed = False
-
-    def loseWriteConnection(self) -> None:
-        self.writeClosed = True
-
-    def write(self, data: bytes) -> None:
-        super().write(data)
-        self._pushBack()
-
-    def writeSequence(self, data: Any) -> None:
-        super().writeSequence(data)
-        self._pushBack()
-
-    def _pushBack(self) -> None:
-        if self.producer is not None and len(self.io.getvalue()) > self.bufferSize:
-            self._full = True
-            self.producer.pauseProducing()
-
-    def drain(self) -> bytes:
-        """
-        The client reads everything sent so far; the producer resumes.
-        """
-        sent = self.value()
-        self.clear()
-        if self._full and self.producer is not None:
-            self._full = False
-            self.producer.resumeProducing()
-        return sent
-
-
 def responses(data: bytes) -> list[tuple[int, bytes]]:
     """
     The complete responses in C{data} (each with a Content-Length), as
@@ -152,7 +112,7 @@ def get(path: bytes, close: bool = False) -> bytes:
 
 class ChannelCase(TestCase):
     """
-    One connection to a site on a clock, over a L{_Socket}.
+    One connection to a site on a clock, over a L{PushBackTransport}.
     """
 
     def setUp(self) -> None:
@@ -163,7 +123,7 @@ class ChannelCase(TestCase):
         self.addCleanup(self.site.stopFactory)
         self.channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         assert isinstance(self.channel, PluginServerChannel)
-        self.transport = _Socket()
+        self.transport = PushBackTransport()
         self.channel.makeConnection(self.transport)
 
 

@@ -24,10 +24,8 @@ from typing import Any
 import psutil
 from sseclient import SSEClient
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -37,7 +35,7 @@ from pluginserver import testing
 from pluginserver.answers import BadResponse
 from pluginserver.plugin import RawJSON
 from pluginserver.streams import CHUNKS_PER_TURN, KEEP_ALIVE, _Stream, encode_event
-from tests.helpers import HELLO, PluginDir
+from tests.helpers import HELLO, PluginDir, PushBackTransport
 from tests.process import Server, sleep
 
 # -- the plugin every in-memory test serves -------------------------------------
@@ -148,49 +146,6 @@ class S(Plugin):
 # -- a client over a transport that pushes back ----------------------------------
 
 
-class _Socket(StringTransport):
-    """
-    A transport that pushes back as TCP does: past C{bufferSize} unsent
-    bytes it pauses its producer; L{read} (the client reading) resumes it.
-    """
-
-    def __init__(self, bufferSize: int) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self.bufferSize = bufferSize
-        self.full = False
-        self.received = b""
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        super().write(data)
-        self._pushBack()
-
-    def writeSequence(self, data: Any) -> None:
-        super().writeSequence(data)
-        self._pushBack()
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        super().abortConnection()
-
-    def _pushBack(self) -> None:
-        if self.producer is not None and len(self.io.getvalue()) > self.bufferSize:
-            self.full = True
-            self.producer.pauseProducing()
-
-    def read(self) -> bytes:
-        """
-        The client reads everything unsent; the producer resumes.
-        """
-        sent = self.value()
-        self.received += sent
-        self.clear()
-        if self.full and self.producer is not None:
-            self.full = False
-            self.producer.resumeProducing()
-        return sent
-
-
 class Answer:
     """
     What a client has received so far on one connection: the head, and
@@ -254,7 +209,7 @@ class Wire:
     """
 
     def __init__(self, server: testing.Server, bufferSize: int) -> None:
-        self.transport = _Socket(bufferSize)
+        self.transport = PushBackTransport(bufferSize)
         self.channel = server.site.buildProtocol(self.transport.getPeer())
         self.channel.makeConnection(self.transport)
         self.closed = False
@@ -266,7 +221,7 @@ class Wire:
         """
         Everything received so far (the client reads it all).
         """
-        self.transport.read()
+        self.transport.drain()
         return Answer(self.transport.received)
 
     def close(self) -> None:
@@ -414,7 +369,7 @@ class FramingTests(StreamCase):
         self.assertEqual(self.plugin.closed, ["lines"])
         # The connection is still good for the next request.
         wire.send(request("/hello"))
-        self.assertIn(b'{"hello":"world"}', wire.transport.read())
+        self.assertIn(b'{"hello":"world"}', wire.transport.drain())
         self.assertEqual(self.streams.count(), 0)
 
     @defer.inlineCallbacks
