@@ -317,12 +317,9 @@ class PluginServerResource(Resource):
         # /health reveals nothing, and a load balancer asks it without a key.
         public = name == "health" or (name == "metrics" and self._runtime.settings.metrics_public)
         if policy.apikey is not None and not public:
-            try:
-                arguments = parse_request(request)
-            except BadRequest as e:
-                return error(request, 400, str(e))
-            if not self._authorized(request, policy, policy.apikey, arguments):
-                return self._unauthorized(request)
+            _, refusal = self._keyed(request, policy, policy.apikey)
+            if refusal is not None:
+                return refusal
         return self._utility.render(request)
 
     def _document(
@@ -343,12 +340,9 @@ class PluginServerResource(Resource):
             request.setHeader(b"allow", b"GET, HEAD")
             return error(request, 405, "method not allowed")
         if key is not None:
-            try:
-                arguments = parse_request(request)
-            except BadRequest as e:
-                return error(request, 400, str(e))
-            if not self._authorized(request, policy, key, arguments):
-                return self._unauthorized(request)
+            _, refusal = self._keyed(request, policy, key)
+            if refusal is not None:
+                return refusal
         return tree.serve(request, target.subpath, client, self._inThread)
 
     def _inThread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
@@ -367,17 +361,28 @@ class PluginServerResource(Resource):
             str(peer), request.requestHeaders.getRawHeaders(b"x-forwarded-for")
         )
 
-    def _authorized(
-        self, request: HTTPRequest, policy: SecurityPolicy, expected: str, arguments: Arguments
-    ) -> bool:
+    def _keyed(
+        self, request: HTTPRequest, policy: SecurityPolicy, expected: str | None
+    ) -> tuple[Arguments | None, Any]:
+        """
+        Parse the request's arguments (once: the key may be among them) and
+        check the key the route needs (L{None}: none).  Gives back the
+        arguments and no refusal, or no arguments and the refusal to answer
+        (400 for arguments that cannot be parsed, 401 for a wrong key).
+        """
+        try:
+            arguments = parse_request(request)
+        except BadRequest as e:
+            return None, error(request, 400, str(e))
+        if expected is None:
+            return arguments, None
         given = find_key(
             request.requestHeaders, arguments.query_key, arguments.body_key, policy.allow_query_key
         )
-        return keys_match(given, expected)
-
-    def _unauthorized(self, request: HTTPRequest) -> Any:
-        request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
-        return error(request, 401, "unauthorized")
+        if not keys_match(given, expected):
+            request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
+            return None, error(request, 401, "unauthorized")
+        return arguments, None
 
     # -- plugin dispatch ---------------------------------------------------
 
@@ -393,14 +398,11 @@ class PluginServerResource(Resource):
         if method not in loaded.methods:
             request.setHeader(b"allow", ", ".join(sorted(loaded.methods)).encode("ascii"))
             return error(request, 405, "method not allowed")
-        try:
-            arguments = parse_request(request)
-        except BadRequest as e:
-            return error(request, 400, str(e))
         # Per plugin: its own key, none, or the global one (which may be unset).
         expected = policy.apikey if loaded.auth_mode == "global" else loaded.own_key
-        if expected is not None and not self._authorized(request, policy, expected, arguments):
-            return self._unauthorized(request)
+        arguments, refusal = self._keyed(request, policy, expected)
+        if arguments is None:
+            return refusal
         preq = PluginRequest(
             method=method,
             subpath=subpath,
