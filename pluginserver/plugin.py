@@ -9,11 +9,20 @@ value, a C{(status, value)} tuple, or an L{HTTPError}.
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, ClassVar, TypeAlias
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import attr
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+_T = TypeVar("_T")
+
+_log = Logger()
 
 
 class HTTPError(Exception):
@@ -249,11 +258,16 @@ class Plugin:
         wherever GET is).
     @cvar blocking: run C{handle} in the server's thread pool, so that it may
         block (files, subprocesses, slow libraries) without stalling others.
+    @cvar args: the declared arguments, C{{name: {"type": ..., "required":
+        ..., "default": ..., "description": ...}}}: the server converts and
+        checks C{request.args} against them before C{handle} (see
+        L{pluginserver.declared}); L{None} declares nothing.
     """
 
     name: ClassVar[str | None] = None
     methods: ClassVar[tuple[str, ...]] = ("GET", "HEAD", "POST")
     blocking: ClassVar[bool] = False
+    args: ClassVar[Mapping[str, Mapping[str, Any]] | None] = None
 
     def __init__(self, name: str, params: Mapping[str, Any], config: Any = None) -> None:
         # An instance attribute shadows the class attribute: self.name is
@@ -283,3 +297,189 @@ class Plugin:
         return a Deferred.
         """
         raise HTTPError(404, "not found")
+
+    def every(self, seconds: float, fn: Callable[[], object], *, now: bool = True) -> LoopingCall:
+        """
+        Call C{fn} every C{seconds} (first right away unless C{now} is false)
+        until this instance stops, and give back the running L{LoopingCall}.
+
+        The server stops the loop itself right after L{stop} (so a plugin
+        need not write one).  C{fn} may be async or return a Deferred: the
+        next call waits until it finishes, and the server cancels one still
+        running when it stops the loop.  A failure of C{fn} is logged with
+        the plugin's name and the loop keeps going (a bare L{LoopingCall}
+        would stop for good at the first one).  Call it from L{start} or a
+        handler, not C{__init__}; after this instance has stopped it raises
+        L{RuntimeError}.
+        """
+        background = _backgroundOf(self)
+        background.check(self)
+        name = _nameOf(self)
+
+        def failed(failure: Failure) -> None:
+            if not (background.closed and failure.check(defer.CancelledError)):
+                _log.failure(
+                    "Plugin {plugin}: every({seconds}) call of {fn} failed",
+                    failure,
+                    plugin=name,
+                    seconds=seconds,
+                    fn=getattr(fn, "__qualname__", fn),
+                )
+
+        def tick() -> defer.Deferred[None] | None:
+            try:
+                result = fn()
+            except BaseException:
+                failed(Failure())
+                return None
+            if inspect.iscoroutine(result):
+                result = defer.Deferred.fromCoroutine(result)
+            if not isinstance(result, defer.Deferred):
+                return None
+            background.track(result)
+            return result.addCallbacks(lambda _: None, failed)
+
+        loop = LoopingCall(tick)
+        background.loops.append(loop)
+        ended = loop.start(seconds, now=now)
+        ended.addBoth(lambda _: background.loops.remove(loop) if loop in background.loops else None)
+        return loop
+
+    def spawn(self, work: Coroutine[Any, Any, _T] | defer.Deferred[_T]) -> defer.Deferred[_T]:
+        """
+        Run C{work} (a coroutine, or a Deferred already under way) in the
+        background, owned by this instance: the server cancels it right
+        after L{stop} if it has not finished (the coroutine sees
+        L{CancelledError<defer.CancelledError>} where it waits, and its
+        C{finally} blocks run), so a reload leaves nothing running.
+
+        Gives back a Deferred of its outcome (cancelling it cancels the
+        work).  A failure the plugin does not handle, in the coroutine or in
+        callbacks it added to that Deferred before the failure came, is
+        logged with the plugin's name (and callbacks added later get
+        L{None}): background work fails loudly, never silently, and is
+        reported once.  Call it from L{start} or a
+        handler, not C{__init__}; after this instance has stopped it raises
+        L{RuntimeError}.
+        """
+        background = _backgroundOf(self)
+        if not isinstance(work, defer.Deferred) and not inspect.iscoroutine(work):
+            raise TypeError(f"spawn() takes a coroutine or a Deferred, not {type(work).__name__}")
+        if background.closed:
+            if isinstance(work, defer.Deferred):
+                work.cancel()
+            else:
+                work.close()
+            background.check(self)
+        d = work if isinstance(work, defer.Deferred) else defer.Deferred.fromCoroutine(work)
+        name = _nameOf(self)
+        # The plugin gets its own Deferred: once the work's outcome has run
+        # through the callbacks the plugin added, a failure still left at
+        # the end was not handled, and is logged (and consumed, so that
+        # Twisted does not report it a second time).
+        result: defer.Deferred[_T] = defer.Deferred(lambda _: d.cancel())
+
+        def finished(outcome: object) -> None:
+            if result.called:  # cancelled through result, which fired itself
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)  # type: ignore[arg-type]
+            left = result.result
+            if isinstance(left, Failure):
+                if not left.check(defer.CancelledError):
+                    _log.failure("Plugin {plugin}: spawned work failed", left, plugin=name)
+                result.addErrback(lambda _: None)
+
+        background.track(d)
+        d.addBoth(finished)
+        return result
+
+
+_BACKGROUND = "_pluginserver_background"
+"""The instance attribute holding a plugin's L{_Background}; made on first
+use, so that it works even when a subclass's C{__init__} skips Plugin's."""
+
+
+class _Background:
+    """
+    What one plugin instance started with L{Plugin.every} and
+    L{Plugin.spawn} and has not finished: what L{stop_background} ends.
+
+    @ivar loops: the running loops.
+    @ivar tasks: the Deferreds still pending (spawned work, and calls of an
+        async C{every} function under way); finished ones leave at once.
+    @ivar closed: true once L{stop_background} ran; nothing new may start.
+    """
+
+    __slots__ = ("closed", "loops", "tasks")
+
+    def __init__(self) -> None:
+        self.loops: list[LoopingCall] = []
+        self.tasks: set[defer.Deferred[Any]] = set()
+        self.closed = False
+
+    def check(self, plugin: Plugin) -> None:
+        """
+        Refuse to start work for a plugin instance that has stopped: nothing
+        would ever stop it.
+        """
+        if self.closed:
+            raise RuntimeError(
+                f"plugin {_nameOf(plugin)} has stopped: it cannot start background work"
+            )
+
+    def track(self, d: defer.Deferred[Any]) -> None:
+        """
+        Hold C{d} until it fires (C{d}'s result passes through unchanged).
+        """
+        if d.called:
+            return
+        self.tasks.add(d)
+
+        def forget(result: object) -> object:
+            self.tasks.discard(d)
+            return result
+
+        d.addBoth(forget)
+
+
+def _backgroundOf(plugin: Plugin) -> _Background:
+    background = getattr(plugin, _BACKGROUND, None)
+    if not isinstance(background, _Background):
+        background = _Background()
+        setattr(plugin, _BACKGROUND, background)
+    return background
+
+
+def _nameOf(plugin: Plugin) -> str:
+    name = getattr(plugin, "name", None)
+    return name if isinstance(name, str) else type(plugin).__name__
+
+
+def stop_background(plugin: Plugin) -> None:
+    """
+    Stop every loop and cancel all work that C{plugin} started with
+    L{Plugin.every} and L{Plugin.spawn}, and refuse new work from it.
+
+    The registry calls this right after the instance's C{stop()} has
+    settled (returned, failed or timed out) and when its C{start()} failed,
+    so that what a plugin forgot to stop does not outlive its generation.
+    Never raises: a canceller that does is logged.
+    """
+    background = getattr(plugin, _BACKGROUND, None)
+    if not isinstance(background, _Background):
+        return
+    background.closed = True
+    name = _nameOf(plugin)
+    for loop in list(background.loops):
+        if loop.running:
+            loop.stop()
+    background.loops.clear()
+    for d in list(background.tasks):
+        try:
+            d.cancel()
+        except BaseException:
+            _log.failure("Plugin {plugin}: cancelling background work failed", plugin=name)
+    background.tasks.clear()

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pluginserver.config import RESERVED_ROUTES, ROUTE_NAME
+from pluginserver.declared import Declared, check_declaration
 from pluginserver.modules import (
     HelperLoadError,
     PluginLoadError,
@@ -49,7 +50,7 @@ from pluginserver.modules import (
     describe_error,
     describe_failure,
 )
-from pluginserver.plugin import Plugin
+from pluginserver.plugin import Plugin, stop_background
 
 __all__ = [
     "DIRECTORY_KEY",
@@ -96,6 +97,22 @@ def route_name_error(name: str) -> str | None:
     return None
 
 
+def _declaration(cls: type[Plugin]) -> Declared | None:
+    """
+    C{cls}'s C{args} declaration, checked before the plugin is made or
+    started, so that a wrong one fails the load (reported by C{/reload}
+    and C{--check}) rather than the first request; L{None} when it declares
+    none, so that requests to it pay nothing.
+    """
+    args = getattr(cls, "args", None)
+    if args is None:
+        return None
+    try:
+        return check_declaration(args)
+    except ValueError as e:
+        raise PluginLoadError(f"args: {e}") from None
+
+
 class DirectoryError(PluginLoadError):
     """
     The plugins directory cannot be listed (removed, not a directory, not
@@ -128,6 +145,8 @@ class LoadedPlugin:
     source_hash: str
     auth_mode: str = "global"
     own_key: str | None = None
+    declared: Declared | None = None
+    """The plugin's checked C{args} declaration; L{None} when it has none."""
 
     @property
     def auth(self) -> str:
@@ -393,12 +412,15 @@ class PluginRegistry:
             prepared = yield self._modules.prepare(snapshot)
             cls = self._modules.go_live(prepared)
             name = self._claimRoute(stem, cls)
+            declared = _declaration(cls)
             params = self._paramsFor(stem, name)
             instance = yield self._start(cls, name, params, self._modules.path(stem))
         except PluginLoadError:
             self._modules.restore(snapshot)
             raise
-        loaded = self._generation(stem, name, cls, instance, params, prepared.digest, previous)
+        loaded = self._generation(
+            stem, name, cls, instance, params, prepared.digest, previous, declared
+        )
         self._swapIn(loaded, previous)
         if previous is not None:
             # Never fails: the new generation serves whatever the old one's
@@ -437,6 +459,8 @@ class PluginRegistry:
             raise PluginLoadError(describe_error(e, path)) from None
         started = yield _settled(self._bounded(_maybe_async(instance.start)))
         if started is not None:
+            # What start() set going with every()/spawn() before it failed.
+            stop_background(instance)
             if started.failure.check(defer.TimeoutError):
                 raise PluginLoadError(f"start() did not finish within {self.start_timeout:g} s")
             raise PluginLoadError("start() failed: " + describe_failure(started.failure, path))
@@ -451,10 +475,11 @@ class PluginRegistry:
         params: Mapping[str, Any],
         digest: str,
         previous: LoadedPlugin | None,
+        declared: Declared | None = None,
     ) -> LoadedPlugin:
         """
         The next generation of C{stem}'s plugin: C{instance}, started, with
-        what it serves and how.
+        what it serves and how (C{declared}: its checked C{args}).
         """
         methods = {m.upper() for m in cls.methods}
         if "GET" in methods:
@@ -477,6 +502,7 @@ class PluginRegistry:
             own_key=(str(params.get("apikey") or "") or None)
             if params.get("auth") == "plugin"
             else None,
+            declared=declared,
         )
 
     def _swapIn(self, loaded: LoadedPlugin, previous: LoadedPlugin | None) -> None:
@@ -515,6 +541,9 @@ class PluginRegistry:
                 generation=loaded.generation,
             )
         stopped = yield _settled(self._bounded(_maybe_async(loaded.stop)))
+        # Whatever stop() did: what the instance started with every() and
+        # spawn() ends now, so that a forgotten stop() leaks nothing.
+        stop_background(loaded.instance)
         if stopped is None:
             return
         if stopped.failure.check(defer.TimeoutError):
@@ -701,7 +730,13 @@ class PluginRegistry:
                 results[stem] = (None, str(e))
                 continue
             name = route_name(cls, stem)
-            results[stem] = (name, route_name_error(name) or self._documentsError(name))
+            error = route_name_error(name) or self._documentsError(name)
+            if error is None:
+                try:
+                    _declaration(cls)
+                except PluginLoadError as e:
+                    error = str(e)
+            results[stem] = (name, error)
         return results
 
     def params_for(self, stem: str, name: str) -> Mapping[str, Any]:

@@ -48,6 +48,7 @@ from pluginserver.answers import (
 )
 from pluginserver.arguments import Arguments, BadRequest, parse_request
 from pluginserver.config import Settings
+from pluginserver.declared import ArgumentError
 from pluginserver.files import DocumentTree, serve_file
 from pluginserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pluginserver.metrics import Metrics
@@ -403,10 +404,18 @@ class PluginServerResource(Resource):
         arguments, refusal = self._keyed(request, policy, expected)
         if arguments is None:
             return refusal
+        args = arguments.args
+        if loaded.declared is not None:
+            # Its declared args, converted and checked (only when declared:
+            # the others pay nothing).
+            try:
+                args = loaded.declared.apply(args)
+            except ArgumentError as e:
+                return error(request, 400, str(e))
         preq = PluginRequest(
             method=method,
             subpath=subpath,
-            args=arguments.args,
+            args=args,
             json=arguments.document,
             headers=_LazyHeaders(request.requestHeaders),
             client=client,
