@@ -14,7 +14,13 @@ setup(
     description="A fast JSON API server whose routes are Python plugins, reloaded while it runs.",
     python_requires=">=3.11",
     # twisted/plugins is a namespace folder of dropins: find_packages skips it.
-    packages=[*find_packages(include=["pluginserver", "pluginserver.*"]), "twisted.plugins"],
+    # plugincore: the old aiohttp server's plugin API, so its plugins run unchanged.
+    packages=[
+        *find_packages(include=["pluginserver", "pluginserver.*", "plugincore", "plugincore.*"]),
+        "twisted.plugins",
+    ],
+    # The dashboard's page, script, stylesheet and vendored chart library.
+    package_data={"pluginserver": ["dashboard/*.*", "dashboard/vendor/*"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",
@@ -22,6 +28,9 @@ setup(
         "service-identity",
         "psutil",
         "prometheus_client",
+        # The asyncio reactor's loop: the standard loop costs about a third
+        # of the throughput (docs/operations.md, "Reactors").
+        "uvloop",
     ],
     extras_require={
         # The checkers are pinned: their rules change between versions.
@@ -35,7 +44,17 @@ setup(
             "sseclient-py",
             # So that the tests render markdown documents as [markdown] does.
             "markdown",
+            # /openapi.json is checked by the validator its users run.
+            "openapi-spec-validator",
+            # The dashboard's tests drive Debian's chromium through chromium-driver.
+            "selenium",
+            # The old server's plugins answer with aiohttp's responses ([compat]).
+            "aiohttp",
         ],
+        # For old aiohttp-server plugins that answer with aiohttp's
+        # web.Response, json_response, FileResponse or HTTPExceptions
+        # (plugincore); plugincore itself never imports aiohttp.
+        "compat": ["aiohttp"],
         # .md files of [paths] documents trees are served rendered to HTML.
         "markdown": ["markdown"],
     },

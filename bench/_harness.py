@@ -68,7 +68,7 @@ def write_config(
     127.0.0.1:C{port}, the given plugins directory, no API key, no CORS, no
     Host check.  C{extra} is appended (more keys or sections).
     """
-    path = os.path.join(directory, "ps.ini")
+    path = os.path.join(directory, f"ps-{port}.ini")
     with open(path, "w") as f:
         f.write(
             "[server]\n"

@@ -4,18 +4,23 @@ The pluginserver benchmark: one command, one run, figures read as ratios.
     /work/venv/bin/python bench/run.py [--rounds 3] [--duration 5]
         [--connections 32] [--warmup 2] [--json results.json]
 
-It starts, side by side on 127.0.0.1 (free ports, a temporary config):
+It starts, side by side on 127.0.0.1 (free ports, temporary configs):
 
-  - the project under C{twistd -n pluginserver}, serving the repository's
-    plugins/ (hello and systeminfo);
+  - the project under C{twistd -n pluginserver} as it runs by default (the
+    asyncio reactor on uvloop's loop), serving the repository's plugins/
+    (hello and systeminfo);
+  - the same on the asyncio reactor with the standard loop (C{[server]
+    uvloop = bool:false}) and on the epoll reactor (C{twistd -r epoll}),
+    for their /hello only;
   - the ceiling: bench/ceiling.py, a bare twisted.web Resource answering
-    the same JSON as /hello;
+    the same JSON as /hello, on the epoll reactor;
 
-pins both to CPU 0 and wrk to CPU 1 (when taskset exists and there are two
-CPUs), drives ceiling, /hello and /systeminfo with C{wrk -t1 -c32 --latency}
-in interleaved rounds after a warm-up, and prints per route and round req/s,
-p50, p99 and errors, the ratios hello/ceiling and systeminfo/hello per
-round and their medians, the pluginserver's idle and loaded RSS, and the
+pins the servers to CPU 0 and wrk to CPU 1 (when taskset exists and there
+are two CPUs), drives the ceiling, /hello and /systeminfo of the default
+server and the other two /hello with C{wrk -t1 -c32 --latency} in
+interleaved rounds after a warm-up, and prints per route and round req/s,
+p50, p99 and errors, the ratios to the ceiling and systeminfo/hello per
+round and their medians, the default server's idle and loaded RSS, and the
 median time of C{GET /reload/hello} over 20 calls.  C{--json PATH} writes
 the same figures as JSON.  Every process it started is stopped, whatever
 happens.
@@ -334,6 +339,18 @@ def scan_log(path: str) -> dict[str, Any]:
     }
 
 
+def _running_on(log: str) -> str:
+    """
+    What a pluginserver's log says it runs on (its "Running on" line).
+    """
+    with open(log, errors="replace") as f:
+        for line in f:
+            found = re.search(r"Running on (.*?)(?: \(chosen with|$)", line.rstrip())
+            if found:
+                return found.group(1)
+    return "unknown"
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
@@ -403,32 +420,40 @@ def _run(
     extra = "allowed_hosts = list:localhost 127.0.0.1 [::1]\n"
     if args.access_log:
         extra += "access_log = access.log\n"
-    config = write_config(workdir, serverPort, os.path.join(REPO_DIR, "plugins"), extra)
+    plugins = os.path.join(REPO_DIR, "plugins")
     serverLog = os.path.join(workdir, "twistd.log")
     ceilingLog = os.path.join(workdir, "ceiling.log")
     env = child_env()
     loadBefore = os.getloadavg()
 
-    server = processes.start(
-        "pluginserver",
-        pinned(
-            [
-                twistd(),
-                "-n",
-                "--pidfile",
-                os.path.join(workdir, "twistd.pid"),
-                "-r",
-                "epoll",
-                "pluginserver",
-                "--config",
-                config,
-            ],
-            serverCpu,
-        ),
-        cwd=workdir,
-        log_path=serverLog,
-        env=env,
-    )
+    def pluginserver(name: str, port: int, extra: str, twistdArgs: list[str]) -> Any:
+        config = write_config(workdir, port, plugins, extra)
+        return processes.start(
+            name,
+            pinned(
+                [
+                    twistd(),
+                    "-n",
+                    "--pidfile",
+                    os.path.join(workdir, f"{name}.pid"),
+                    *twistdArgs,
+                    "pluginserver",
+                    "--config",
+                    config,
+                ],
+                serverCpu,
+            ),
+            cwd=workdir,
+            log_path=os.path.join(workdir, f"{name}.log") if name != "pluginserver" else serverLog,
+            env=env,
+        )
+
+    # The default (asyncio reactor, uvloop), then the two others it is
+    # compared with: the standard asyncio loop, and Twisted's epoll reactor.
+    server = pluginserver("pluginserver", serverPort, extra, [])
+    stdloopPort, epollPort = free_port(), free_port()
+    stdloop = pluginserver("stdloop", stdloopPort, extra + "uvloop = bool:false\n", [])
+    epoll = pluginserver("epoll", epollPort, extra, ["-r", "epoll"])
     ceiling = processes.start(
         "ceiling",
         pinned(
@@ -440,7 +465,17 @@ def _run(
     )
     wait_until_serving(ceilingPort, "/hello", ceiling, ceilingLog)
     wait_until_serving(serverPort, "/hello", server, serverLog)
+    wait_until_serving(stdloopPort, "/hello", stdloop, os.path.join(workdir, "stdloop.log"))
+    wait_until_serving(epollPort, "/hello", epoll, os.path.join(workdir, "epoll.log"))
     check_answers(ceilingPort, serverPort)
+    reactors = {
+        name: _running_on(os.path.join(workdir, log))
+        for name, log in (
+            ("default", "twistd.log"),
+            ("stdloop", "stdloop.log"),
+            ("epoll", "epoll.log"),
+        )
+    }
     packagesWait = wait_for_packages(serverPort, PACKAGES_WAIT)
     time.sleep(1.0)
     idleRss = rss_mb(server.pid)
@@ -450,6 +485,8 @@ def _run(
         Target("ceiling", ceilingPort, "/hello", ceiling.pid),
         Target("hello", serverPort, "/hello", server.pid),
         Target("systeminfo", serverPort, "/systeminfo", server.pid),
+        Target("hello-std", stdloopPort, "/hello", stdloop.pid),
+        Target("hello-epoll", epollPort, "/hello", epoll.pid),
     ]
     pinning = (
         f"servers on CPU {serverCpu}, wrk on CPU {wrkCpu} (taskset)"
@@ -467,6 +504,10 @@ def _run(
         f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency; "
         f"{args.rounds} interleaved rounds after {args.warmup:g} s warm-up per target"
         + ("; access log ON" if args.access_log else "")
+    )
+    print(
+        f"hello: {reactors['default']}; hello-std: {reactors['stdloop']}; "
+        f"hello-epoll: {reactors['epoll']}"
     )
     if packagesWait is None:
         print(f"note: systeminfo's package check had not finished after {PACKAGES_WAIT:.0f} s")
@@ -501,6 +542,10 @@ def _run(
                 "round": number,
                 "results": {name: asdict(r) for name, r in results.items()},
                 "hello_vs_ceiling": hello.requests_per_sec / ceil.requests_per_sec,
+                "hello_std_vs_ceiling": results["hello-std"].requests_per_sec
+                / ceil.requests_per_sec,
+                "hello_epoll_vs_ceiling": results["hello-epoll"].requests_per_sec
+                / ceil.requests_per_sec,
                 "systeminfo_vs_hello": sysinfo.requests_per_sec / hello.requests_per_sec,
                 "hello_p99_minus_ceiling_ms": hello.p99_ms - ceil.p99_ms,
                 "systeminfo_p99_minus_ceiling_ms": sysinfo.p99_ms - ceil.p99_ms,
@@ -508,6 +553,8 @@ def _run(
         )
         print(
             f"       hello/ceiling {rounds[-1]['hello_vs_ceiling']:.3f}   "
+            f"hello-std/ceiling {rounds[-1]['hello_std_vs_ceiling']:.3f}   "
+            f"hello-epoll/ceiling {rounds[-1]['hello_epoll_vs_ceiling']:.3f}\n       "
             f"systeminfo/hello {rounds[-1]['systeminfo_vs_hello']:.3f}   "
             f"hello p99 - ceiling p99 {rounds[-1]['hello_p99_minus_ceiling_ms']:+.2f} ms",
             flush=True,
@@ -529,9 +576,11 @@ def _run(
             "p99_ms": median([r["results"][name]["p99_ms"] for r in rounds]),
             "errors": sum(r["results"][name]["errors"] for r in rounds),
         }
-        for name in ("ceiling", "hello", "systeminfo")
+        for name in ("ceiling", "hello", "systeminfo", "hello-std", "hello-epoll")
     }
     helloVsCeiling = median([r["hello_vs_ceiling"] for r in rounds])
+    stdVsCeiling = median([r["hello_std_vs_ceiling"] for r in rounds])
+    epollVsCeiling = median([r["hello_epoll_vs_ceiling"] for r in rounds])
     sysVsHello = median([r["systeminfo_vs_hello"] for r in rounds])
     p99Extra = median([r["hello_p99_minus_ceiling_ms"] for r in rounds])
     reloadMedian = median(reloadTimes)
@@ -559,6 +608,8 @@ def _run(
         f"  hello/ceiling      {helloVsCeiling:.3f}  (target >= {TARGET_HELLO_VS_CEILING}: "
         f"{_verdict(targetsMet['hello_vs_ceiling'])})"
     )
+    print(f"  hello-std/ceiling  {stdVsCeiling:.3f}  (asyncio reactor, standard loop)")
+    print(f"  hello-epoll/ceiling {epollVsCeiling:.3f}  (twistd -r epoll)")
     print(
         f"  systeminfo/hello   {sysVsHello:.3f}  (target >= {TARGET_SYSTEMINFO_VS_HELLO}: "
         f"{_verdict(targetsMet['systeminfo_vs_hello'])})"
@@ -611,7 +662,10 @@ def _run(
             },
             "rounds": rounds,
             "medians": summary,
+            "reactors": reactors,
             "hello_vs_ceiling_median": helloVsCeiling,
+            "hello_std_vs_ceiling_median": stdVsCeiling,
+            "hello_epoll_vs_ceiling_median": epollVsCeiling,
             "systeminfo_vs_hello_median": sysVsHello,
             "hello_p99_minus_ceiling_ms_median": p99Extra,
             "rss_mb": {

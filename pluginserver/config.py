@@ -578,6 +578,14 @@ KEYS: tuple[Key, ...] = (
     Key("server", "threads", _integer(1), 10, "threads", "Threads for blocking handlers."),
     Key(
         "server",
+        "uvloop",
+        _boolean,
+        True,
+        "uvloop",
+        "Run the asyncio reactor on uvloop's loop; false gives the standard loop.",
+    ),
+    Key(
+        "server",
         "allowed_hosts",
         _hosts,
         None,
@@ -923,6 +931,7 @@ class Settings:
     shutdown_timeout: float = _field_default("shutdown_timeout")
     start_timeout: float = _field_default("start_timeout")
     threads: int = _field_default("threads")
+    uvloop: bool = _field_default("uvloop")
     allowed_hosts: tuple[str, ...] | None = _field_default("allowed_hosts")
     log_format: str = _field_default("log_format")
     access_log: str | None = _field_default("access_log")

@@ -20,6 +20,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pluginserver import coroutines
+
 _T = TypeVar("_T")
 
 _log = Logger()
@@ -276,6 +278,26 @@ class Plugin:
         self.params = params
         self.config = config
 
+    @classmethod
+    def construct(cls, name: str, params: Mapping[str, Any], config: Any) -> tuple[Plugin, str]:
+        """
+        Make the instance that serves, and give it back with the route it
+        serves: what the registry calls to make a plugin, instead of the
+        class itself.
+
+        C{name} is the route the class's C{name} attribute or the file
+        gives, already checked.  By default the instance is C{cls(name,
+        params, config)} and it serves C{name}.
+
+        A class whose route is only known once an instance exists
+        overrides this: the old server's plugins (L{plugincore}), whose
+        constructor takes keywords and sets the route itself.  The registry
+        checks a route other than C{name} as it checked C{name} (a refused
+        one fails the load, and the instance is stopped at once, without
+        having started); C{--check} can only show C{name}.
+        """
+        return cls(name, params, config), name
+
     def start(self) -> Awaitable[None] | None:
         """
         Called once when this instance is loaded, before it serves: start
@@ -333,7 +355,7 @@ class Plugin:
                 failed(Failure())
                 return None
             if inspect.iscoroutine(result):
-                result = defer.Deferred.fromCoroutine(result)
+                result = coroutines.run(result)
             if not isinstance(result, defer.Deferred):
                 return None
             background.track(result)
@@ -371,7 +393,7 @@ class Plugin:
             else:
                 work.close()
             background.check(self)
-        d = work if isinstance(work, defer.Deferred) else defer.Deferred.fromCoroutine(work)
+        d = work if isinstance(work, defer.Deferred) else coroutines.run(work)
         name = _nameOf(self)
         # The plugin gets its own Deferred: once the work's outcome has run
         # through the callbacks the plugin added, a failure still left at
@@ -458,7 +480,7 @@ def _nameOf(plugin: Plugin) -> str:
     return name if isinstance(name, str) else type(plugin).__name__
 
 
-def stop_background(plugin: Plugin) -> None:
+def stop_background(plugin: Plugin) -> defer.Deferred[None]:
     """
     Stop every loop and cancel all work that C{plugin} started with
     L{Plugin.every} and L{Plugin.spawn}, and refuse new work from it.
@@ -467,19 +489,27 @@ def stop_background(plugin: Plugin) -> None:
     settled (returned, failed or timed out) and when its C{start()} failed,
     so that what a plugin forgot to stop does not outlive its generation.
     Never raises: a canceller that does is logged.
+
+    @return: a Deferred that fires when all the cancelled work has ended
+        (a coroutine running as an asyncio task ends, its C{finally}
+        blocks run, on a later turn of the loop); the caller bounds the
+        wait.
     """
     background = getattr(plugin, _BACKGROUND, None)
     if not isinstance(background, _Background):
-        return
+        return defer.succeed(None)
     background.closed = True
     name = _nameOf(plugin)
     for loop in list(background.loops):
         if loop.running:
             loop.stop()
     background.loops.clear()
-    for d in list(background.tasks):
+    pending = list(background.tasks)
+    background.tasks.clear()
+    for d in pending:
         try:
             d.cancel()
         except BaseException:
             _log.failure("Plugin {plugin}: cancelling background work failed", plugin=name)
-    background.tasks.clear()
+    waits = [coroutines.ended(d) for d in pending]
+    return defer.gatherResults(waits).addCallback(lambda _: None)

@@ -6,7 +6,9 @@ serves each route, and the lifecycle of their instances.
 Each plugin file in the plugins directory is a module (files whose name
 starts with C{_} are helpers, imported by plugins, not routes); its one
 L{Plugin} subclass serves the route named by its C{name} attribute, or else
-by the file's stem.  The modules themselves (finding, running, rebuilding,
+by the file's stem (unless the class names another once made: the one hook
+for that is L{Plugin.construct}, which the registry calls to make every
+instance).  The modules themselves (finding, running, rebuilding,
 restoring them, and the import thread their bodies run in) are
 L{pluginserver.modules}'s.
 
@@ -41,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from pluginserver import coroutines
 from pluginserver.config import RESERVED_ROUTES, ROUTE_NAME
 from pluginserver.declared import Declared, check_declaration
 from pluginserver.modules import (
@@ -81,7 +84,7 @@ DIRECTORY_KEY = "plugins directory"
 def route_name(cls: type[Plugin], stem: str) -> str:
     """
     The route a plugin class serves: its C{name} attribute, or else the stem
-    of the file it came from.
+    of the file it came from (unless its L{Plugin.construct} names another).
     """
     return cls.name if isinstance(cls.name, str) and cls.name else stem
 
@@ -205,7 +208,7 @@ def _maybe_async(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     except BaseException:
         return defer.fail()
     if isinstance(result, types.CoroutineType):
-        return defer.Deferred.fromCoroutine(result)
+        return coroutines.run(result)
     return defer.maybeDeferred(lambda: result)
 
 
@@ -244,8 +247,10 @@ class PluginRegistry:
     @param retired: called with each L{LoadedPlugin} that stops serving
         (replaced by a new generation, removed, or stopped with the
         server), right before its C{stop()} runs, so that what was started
-        for it elsewhere ends with it (the web layer's open streams); also
-        the attribute C{retired}, which may be set after construction.
+        for it elsewhere ends with it (the web layer's open streams); it
+        may return a Deferred, which C{stop()} waits for (up to
+        C{start_timeout}); also the attribute C{retired}, which may be set
+        after construction.
     @param start_timeout: seconds a plugin's start() or stop() may take.
     @param reactor: the reactor whose thread runs everything but module
         bodies.
@@ -262,7 +267,7 @@ class PluginRegistry:
         package: str = "pluginserver_plugins",
         clock: Callable[[], float] = time.time,
         observe: Callable[[str, bool], None] | None = None,
-        retired: Callable[[LoadedPlugin], None] | None = None,
+        retired: Callable[[LoadedPlugin], Any] | None = None,
         start_timeout: float = 30.0,
         reactor: Any = None,
         threadpool: ThreadPool | None = None,
@@ -272,7 +277,7 @@ class PluginRegistry:
         self._config = config
         self._clock = clock
         self._observe = observe or (lambda name, success: None)
-        self.retired: Callable[[LoadedPlugin], None] = retired or (lambda loaded: None)
+        self.retired: Callable[[LoadedPlugin], Any] = retired or (lambda loaded: None)
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -385,7 +390,7 @@ class PluginRegistry:
         or stop() never finishes must not hold every later reload (and the
         shutdown) behind it.
         """
-        return d.addTimeout(self.start_timeout, self._reactor)
+        return coroutines.bounded(d, self.start_timeout, self._reactor)
 
     def _paramsFor(self, stem: str, name: str) -> Mapping[str, Any]:
         return self._params.get(name) or self._params.get(stem) or {}
@@ -411,10 +416,10 @@ class PluginRegistry:
         try:
             prepared = yield self._modules.prepare(snapshot)
             cls = self._modules.go_live(prepared)
-            name = self._claimRoute(stem, cls)
+            name = self._claimRoute(stem, route_name(cls, stem))
             declared = _declaration(cls)
             params = self._paramsFor(stem, name)
-            instance = yield self._start(cls, name, params, self._modules.path(stem))
+            instance, name = yield self._start(cls, stem, name, params, self._modules.path(stem))
         except PluginLoadError:
             self._modules.restore(snapshot)
             raise
@@ -428,12 +433,12 @@ class PluginRegistry:
             yield self._stopOne(previous)
         return loaded
 
-    def _claimRoute(self, stem: str, cls: type[Plugin]) -> str:
+    def _claimRoute(self, stem: str, name: str) -> str:
         """
-        The route C{cls} (from C{stem}.py) would serve; L{PluginLoadError}
-        when the route-name rule refuses it or another file serves it.
+        Check that the plugin of C{stem}.py may serve the route C{name}, and
+        give it back; L{PluginLoadError} when the route-name rule refuses it
+        or another file serves it.
         """
-        name = route_name(cls, stem)
         error = route_name_error(name) or self._documentsError(name)
         if error is not None:
             raise PluginLoadError(error)
@@ -444,27 +449,45 @@ class PluginRegistry:
 
     @defer.inlineCallbacks
     def _start(
-        self, cls: type[Plugin], name: str, params: Mapping[str, Any], path: str
-    ) -> Generator[defer.Deferred[Any], Any, Plugin]:
+        self, cls: type[Plugin], stem: str, name: str, params: Mapping[str, Any], path: str
+    ) -> Generator[defer.Deferred[Any], Any, tuple[Plugin, str]]:
         """
-        Make an instance of C{cls} and start it (within C{start_timeout});
-        L{PluginLoadError} naming file and line when either step fails.
+        Make an instance of C{cls} (through L{Plugin.construct}) and start it
+        (within C{start_timeout}); give back the instance and the route it
+        serves.  L{PluginLoadError} naming file and line when either step
+        fails.
+
+        C{name} is the route the class or the file names, already checked.
+        A class that names its route only once made (the old server's
+        plugins: see L{Plugin.construct}) has the route it gives checked here
+        the same way, before it starts; when that route is refused, the
+        instance is stopped at once, so that what its constructor set going
+        ends with it.
         """
         try:
-            instance = cls(name, params, self._config)
+            instance, route = cls.construct(name, params, self._config)
         except BaseException as e:
             # Plugin code on the reactor thread: Twisted's SIGINT and
             # SIGTERM handlers never raise into it, so anything caught
             # here was raised by the plugin itself.
             raise PluginLoadError(describe_error(e, path)) from None
+        if route != name:
+            try:
+                if not isinstance(route, str):
+                    raise PluginLoadError(f"route {route!r} is not a string")
+                self._claimRoute(stem, route)
+            except PluginLoadError:
+                yield _settled(self._bounded(_maybe_async(instance.stop)))
+                yield self._stopBackground(name, 0, instance)
+                raise
         started = yield _settled(self._bounded(_maybe_async(instance.start)))
         if started is not None:
             # What start() set going with every()/spawn() before it failed.
-            stop_background(instance)
+            yield self._stopBackground(name, 0, instance)
             if started.failure.check(defer.TimeoutError):
                 raise PluginLoadError(f"start() did not finish within {self.start_timeout:g} s")
             raise PluginLoadError("start() failed: " + describe_failure(started.failure, path))
-        return instance
+        return instance, route
 
     def _generation(
         self,
@@ -522,6 +545,25 @@ class PluginRegistry:
         )
 
     @defer.inlineCallbacks
+    def _stopBackground(
+        self, name: str, generation: int, instance: Plugin
+    ) -> Generator[defer.Deferred[Any], Any, None]:
+        """
+        End what C{instance} started with every() and spawn(), waiting (up
+        to C{start_timeout}) until the cancelled work has ended, so that
+        the next generation starts with nothing of the old one running.
+        """
+        ended = yield _settled(self._bounded(stop_background(instance)))
+        if ended is not None:
+            log.error(
+                "Plugin {plugin} generation {generation}: background work still "
+                "running {timeout} s after it was cancelled",
+                plugin=name,
+                generation=generation,
+                timeout=self.start_timeout,
+            )
+
+    @defer.inlineCallbacks
     def _stopOne(self, loaded: LoadedPlugin) -> Generator[defer.Deferred[Any], Any, None]:
         """
         Call C{loaded}'s C{stop()}; log, never raise, whatever it does
@@ -532,18 +574,18 @@ class PluginRegistry:
         instance) ends while the instance still works, and stop() does not
         pull anything from under it.
         """
-        try:
-            self.retired(loaded)
-        except Exception:
+        ended = yield _settled(self._bounded(defer.maybeDeferred(self.retired, loaded)))
+        if ended is not None:
             log.failure(
                 "Plugin {plugin} generation {generation}: ending what it served failed",
+                ended.failure,
                 plugin=loaded.name,
                 generation=loaded.generation,
             )
         stopped = yield _settled(self._bounded(_maybe_async(loaded.stop)))
         # Whatever stop() did: what the instance started with every() and
         # spawn() ends now, so that a forgotten stop() leaks nothing.
-        stop_background(loaded.instance)
+        yield self._stopBackground(loaded.name, loaded.generation, loaded.instance)
         if stopped is None:
             return
         if stopped.failure.check(defer.TimeoutError):

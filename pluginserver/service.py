@@ -25,13 +25,16 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
+from twisted.internet.process import reapAllProcesses
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from pluginserver import coroutines
 from pluginserver.config import ConfigError, Settings
 from pluginserver.metrics import Metrics
 from pluginserver.notify import notify_systemd
@@ -282,6 +285,8 @@ class PluginServerService(MultiService):
             log.warn("Listeners changed in {path}: they take effect on restart", path=new.path)
         if new.plugins_dir != old.plugins_dir:
             log.warn("[paths] plugins changed in {path}: it takes effect on restart", path=new.path)
+        if new.uvloop != old.uvloop:
+            log.warn("[server] uvloop changed in {path}: it takes effect on restart", path=new.path)
         self.site.configure(new)
         self.threadpool.adjustPoolsize(maxthreads=new.threads)
         if new.access_log != old.access_log:
@@ -320,9 +325,24 @@ class PluginServerService(MultiService):
         # would walk it again and again under load.  Plugins come after:
         # a replaced generation must stay collectable.
         gc.freeze()
+        if coroutines.on_uvloop():
+            # libuv takes SIGCHLD over the first time asyncio starts a
+            # subprocess on uvloop (a plugin's asyncio.create_subprocess_exec),
+            # and Twisted's processes (reactor.spawnProcess, utils.getProcess*)
+            # would then never be seen ending: look for them once a second.
+            TimerService(1.0, reapAllProcesses).setServiceParent(self)
         super().startService()
         for warning in self._settings.warnings:
             log.warn("{warning}", warning=warning)
+        if coroutines.asyncio_loop() is None:
+            log.warn(
+                "Running on {reactor} (chosen with twistd -r): plugin coroutines can "
+                "await Deferreds only; one that awaits an asyncio awaitable fails "
+                "with a logged error naming this reactor",
+                reactor=coroutines.reactor_name(),
+            )
+        else:
+            log.info("Running on {reactor}", reactor=coroutines.describe_reactor())
         # Ready means ready: the listeners are bound but take no connection
         # until every plugin that loads at start-up has started (module
         # bodies run in the registry's import thread, after the reactor

@@ -59,9 +59,7 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import weakref
-from collections.abc import Coroutine
 from typing import Any
 
 from twisted.internet import defer
@@ -71,6 +69,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from pluginserver import coroutines
 from pluginserver.answers import (
     BINARY,
     NO_BODY,
@@ -206,19 +205,6 @@ async def _anext(iterator: Any) -> Any:
 
 async def _aclose(iterator: Any) -> None:
     await iterator.aclose()
-
-
-def _drive(coroutine: Coroutine[Any, Any, Any]) -> defer.Deferred[Any]:
-    """
-    Run a coroutine of plugin code: as an asyncio task when the reactor
-    is asyncio's (so that it may await asyncio awaitables), else driven by
-    Twisted (awaiting Deferreds).  Cancelling the Deferred cancels it.
-    """
-    reactor = sys.modules.get("twisted.internet.reactor")
-    loop = getattr(reactor, "_asyncioEventloop", None)
-    if loop is None:
-        return defer.Deferred.fromCoroutine(coroutine)
-    return defer.Deferred.fromFuture(loop.create_task(coroutine))
 
 
 # -- one stream ---------------------------------------------------------------------
@@ -387,7 +373,7 @@ class _Stream:
             self._settle(outcome)
             self._pump()
 
-        pending = _drive(_anext(iterator))
+        pending = coroutines.run(_anext(iterator))
         pending.addBoth(settled)
         if came:
             return came[0]
@@ -493,34 +479,38 @@ class _Stream:
                 request.producer = None  # the connection is gone, and its channel
         return True
 
-    def _complete(self) -> None:
+    def _complete(self) -> defer.Deferred[None]:
         """
         End cleanly: the iterator is closed (unless it ended itself) and
-        the body terminated.
+        the body terminated.  Gives the closing of the iterator (see
+        L{_closeIterator}).
         """
         if not self._end():
-            return
+            return defer.succeed(None)
+        closed = defer.succeed(None)
         if not self._exhausted:
-            self._closeIterator()
+            closed = self._closeIterator()
         if not self._head:
             self._sendHead(self._contentType)  # an empty stream
         self._finish()
+        return closed
 
-    def retire(self) -> None:
+    def retire(self) -> defer.Deferred[None]:
         """
         The generation that answered is replaced or stopped: end cleanly
         (an event stream that has not sent its head yet sends it, empty,
         so that an EventSource reconnects; any other stream that has not
-        sent its first chunk is answered 503).
+        sent its first chunk is answered 503).  Gives the closing of the
+        iterator (see L{_closeIterator}).
         """
         if self._done:
-            return
+            return defer.succeed(None)
         if self._head or self._events or self._headOnly:
-            self._complete()
-            return
+            return self._complete()
         self._end()
-        self._closeIterator()
+        closed = self._closeIterator()
         self._answerError(503, "service unavailable")
+        return closed
 
     def _timedOut(self) -> None:
         self._deadline = None
@@ -640,35 +630,38 @@ class _Stream:
         if site is not None:
             site.log(request)
 
-    def _closeIterator(self) -> None:
+    def _closeIterator(self) -> defer.Deferred[None]:
         """
         Close the iterator (C{close()} / C{aclose()}), once, cancelling an
         async pull in flight first; what closing raises is logged.
+
+        @return: a Deferred that fires when the iterator is closed: an
+            async one once the cancelled pull has ended (C{aclose()} while
+            it still runs would fail: "asynchronous generator is already
+            running") and its C{aclose()} has run.  It never fails.
         """
         iterator = self._iterator
         if iterator is None or self._pulling:
-            return  # closed, or closed by _pull when next() returns
+            return defer.succeed(None)  # closed, or closed by _pull when next() returns
         self._iterator = None
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
         if self._exhausted:
-            return
+            return defer.succeed(None)
         if self._async:
-            if hasattr(iterator, "aclose"):
-                try:
-                    closing = _drive(_aclose(iterator))
-                except BaseException:
-                    self._closeFailed(Failure())
-                    return
-                closing.addErrback(self._closeFailed)
-            return
+            if not hasattr(iterator, "aclose"):
+                return defer.succeed(None)
+            pulled = coroutines.ended(pending) if pending is not None else defer.succeed(None)
+            closing = pulled.addCallback(lambda _: coroutines.run(_aclose(iterator)))
+            return closing.addErrback(self._closeFailed)
         close = getattr(iterator, "close", None)
         if close is not None:
             try:
                 close()
             except BaseException:
                 self._closeFailed(Failure())
+        return defer.succeed(None)
 
     def _closeFailed(self, failure: Failure) -> None:
         if failure.check(defer.CancelledError):
@@ -755,15 +748,19 @@ class Streams:
         stream.start(self.request_timeout, retired)
         return NOT_DONE_YET
 
-    def end(self, loaded: Any) -> None:
+    def end(self, loaded: Any) -> defer.Deferred[None]:
         """
         The generation C{loaded} stops serving (replaced, removed, or the
         server stops): end its open streams cleanly, and any it is still
         to answer with.
+
+        @return: a Deferred that fires when their iterators are closed (an
+            async iterator's C{aclose()} runs on a later turn of the loop),
+            so that the plugin's C{stop()} can wait for that.
         """
         self._retired.add(loaded)
-        for stream in list(self._open.pop(loaded, ())):
-            stream.retire()
+        closings = [stream.retire() for stream in list(self._open.pop(loaded, ()))]
+        return defer.gatherResults(closings).addCallback(lambda _: None)
 
     def end_all(self) -> None:
         """

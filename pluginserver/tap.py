@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TextIO, TypeVar
 
 import attr
 import twisted
@@ -25,10 +25,14 @@ from twisted.python import usage
 from twisted.python.logfile import LogFile
 
 from pluginserver.config import ConfigError, Settings, load_settings, misspelt_sections
-from pluginserver.registry import PluginRegistry
-from pluginserver.service import Listener, PluginServerService
 from pluginserver.tls import is_tls, listener_problem
 from pluginserver.version import version
+
+if TYPE_CHECKING:
+    # Imported when used: Klein installs the default reactor when it is
+    # imported, and this module is imported (by twistd, for the options)
+    # before install_reactor runs.
+    from pluginserver.service import PluginServerService
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -119,6 +123,7 @@ class Options(usage.Options):
         except ConfigError as e:
             _fail(str(e))
         self["settings"] = settings
+        install_reactor(settings)
         from twisted.internet import reactor
 
         overridden = self["plugins"] is not None
@@ -127,6 +132,33 @@ class Options(usage.Options):
         problems = validate(settings, reactor, overridden).problems()
         if problems:
             _fail(problems[0])
+
+
+def install_reactor(settings: Settings) -> None:
+    """
+    Install Twisted's asyncio reactor, on uvloop's loop unless C{[server]
+    uvloop} is false, so that plugin coroutines may await asyncio
+    libraries; unless a reactor is installed already (C{twistd -r} installs
+    its choice while it parses the options, before this runs), which is
+    then the one used (the service says what that means for plugins).
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    import asyncio
+
+    from twisted.internet import asyncioreactor
+
+    if settings.uvloop:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    # The thread's current loop, so that plugin code calling
+    # asyncio.get_event_loop() outside a coroutine (the old server's
+    # plugins do, in __init__) gets this one.
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
 
 
 def version_line() -> str:
@@ -296,6 +328,8 @@ def _check_plugins(settings: Settings, out: TextIO) -> int:
     Import every plugin module of the plugins directory (none is started)
     and report each; return how many failed.
     """
+    from pluginserver.registry import PluginRegistry
+
     failed = 0
     registry = PluginRegistry(
         settings.plugins_dir, settings.plugin_params, settings, package="pluginserver_check"
@@ -326,6 +360,8 @@ def makeService(options: Options) -> PluginServerService:
     Build the server from checked options.
     """
     from twisted.internet import reactor
+
+    from pluginserver.service import Listener, PluginServerService
 
     settings: Settings = options["settings"]
     parent: Any | None = getattr(options, "parent", None)

@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
+from pluginserver import coroutines
 from pluginserver.answers import (
     UNENCODABLE,
     BadResponse,
@@ -457,7 +458,7 @@ class PluginServerResource(Resource):
                 return answer(request, 200, body)
             return body
         if isinstance(result, types.CoroutineType):
-            return self._wait(request, loaded, defer.Deferred.fromCoroutine(result))
+            return self._wait(request, loaded, coroutines.run(result))
         if isinstance(result, defer.Deferred):
             return self._wait(request, loaded, result)
         return self._result(request, loaded, result)

@@ -72,6 +72,7 @@ class Server:
         server: str = "",
         environ: dict[str, str] | None = None,
         paths: str = "",
+        reactor: str | None = None,
     ) -> None:
         self.case = case
         self.dir = os.path.abspath(case.mktemp())
@@ -88,6 +89,8 @@ class Server:
         self.server_keys = textwrap.dedent(server)
         self.paths_keys = textwrap.dedent(paths)
         self.environ = {**os.environ, **(environ or {})}
+        # twistd's own -r: the reactor it installs instead of the server's.
+        self.reactor = reactor
         self.process: subprocess.Popen[bytes] | None = None
         self.write_config(ini)
         case.addCleanup(self.kill)
@@ -126,6 +129,8 @@ class Server:
             head = [twistd(), "--pidfile", self.pidfile, "--logfile", self.logfile]
         else:
             head = [twistd(), "-n", "--pidfile", self.pidfile]
+        if self.reactor is not None:
+            head += ["-r", self.reactor]
         return [*head, "pluginserver", "--config", self.config, *extra]
 
     def start_process(self, *extra: str) -> subprocess.Popen[bytes]:

@@ -1,8 +1,10 @@
 """
 Cancellation: when the client goes away or request_timeout fires, the
 plugin's coroutine is cancelled (it sees CancelledError, its finally blocks
-run), and a Deferred's canceller is called.  (Issue 13, point 2, on the
-default reactor; asyncio tasks come with the asyncio reactor.)
+run, no task is left running), and a Deferred's canceller is called.  The
+coroutine runs as an asyncio task (the tests run on the asyncio reactor, as
+the server does), which starts on the loop's next turn: each test first
+waits until the plugin is under way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from pluginserver import testing
 from tests.helpers import PluginDir
+from tests.test_registry import until
 
 WAITER = """
 from twisted.internet import defer
@@ -25,6 +28,7 @@ class Waiter(Plugin):
         self.events = []
 
     async def handle(self, request):
+        self.events.append("waiting")
         try:
             await defer.Deferred()  # never fires by itself
         except defer.CancelledError:
@@ -66,18 +70,21 @@ class CancellationTests(TestCase):
     @defer.inlineCallbacks
     def test_requestTimeoutCancelsTheCoroutine(self) -> Any:
         answer = self.server.get("/waiter")
+        yield until(lambda: self.events("waiter") == ["waiting"])
         self.assertNoResult(answer)
-        self.assertEqual(self.events("waiter"), [])
         self.clock.advance(5)
         result = yield answer
         self.assertEqual((result.status, result.json()), (504, {"error": "timeout"}))
-        self.assertEqual(self.events("waiter"), ["cancelled", "finally"])
+        self.assertEqual(self.events("waiter"), ["waiting", "cancelled", "finally"])
 
-    def test_clientGoneCancelsTheCoroutine(self) -> None:
+    @defer.inlineCallbacks
+    def test_clientGoneCancelsTheCoroutine(self) -> Any:
         answer = self.server.get("/waiter")
+        yield until(lambda: self.events("waiter") == ["waiting"])
         self.assertNoResult(answer)
         self.server.close()  # the client goes away
-        self.assertEqual(self.events("waiter"), ["cancelled", "finally"])
+        yield until(lambda: len(self.events("waiter")) == 3)
+        self.assertEqual(self.events("waiter"), ["waiting", "cancelled", "finally"])
 
     def test_clientGoneCancelsADeferred(self) -> None:
         self.assertNoResult(self.server.get("/canceller"))

@@ -28,11 +28,13 @@ from typing import Any
 import psutil
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -125,6 +127,59 @@ class ChannelCase(TestCase):
         assert isinstance(self.channel, PluginServerChannel)
         self.transport = PushBackTransport()
         self.channel.makeConnection(self.transport)
+
+
+class IdleTimeoutTests(ChannelCase):
+    """
+    The idle timeout counts from the end of the last answer (or the start
+    of the connection), never while a request is handled, and leaves no
+    timer behind.
+    """
+
+    def channelTimers(self) -> list[Any]:
+        return [
+            c
+            for c in self.clock.getDelayedCalls()
+            if getattr(c.func, "__self__", None) is self.channel
+        ]
+
+    def test_notIdleWhileARequestIsHandled(self) -> None:
+        """
+        A request handled for longer than the idle timeout keeps its
+        connection; the timeout counts again from its answer.
+        """
+        self.site.timeOut = 0.2
+        self.channel.setTimeout(0.2)
+        self.channel.dataReceived(get(b"/slow?n=1"))
+        self.clock.advance(0.25)  # the idle timer fires while handling
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.05)  # the answer, at 0.3 s
+        self.assertEqual(responses(self.transport.value()), [(200, b"1")])
+        self.clock.advance(0.15)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)  # 0.25 s after the answer
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_eachAnswerPushesTheTimeoutBack(self) -> None:
+        """
+        On a kept-alive connection each answer starts the idle time anew;
+        one timer serves the whole connection.
+        """
+        for n in range(3):
+            self.channel.dataReceived(get(b"/hello?n=%d" % (n,)))
+            self.assertEqual(len(self.channelTimers()), 1)
+            self.clock.advance(59)
+            self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_noTimerOutlivesTheConnection(self) -> None:
+        """
+        A connection lost while a request is handled leaves no timer.
+        """
+        self.channel.dataReceived(get(b"/slow?n=1"))
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.channelTimers(), [])
 
 
 class PipeliningTests(ChannelCase):

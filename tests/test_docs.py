@@ -381,14 +381,17 @@ class PluginGuideTests(ServerCase):
             f.write(block.text)
         shown = next(b for b in self.found if b.lang == "console" and b.line > block.line)
         ((command, output),) = commands(shown.text)
-        self.assertEqual(command, "python -m twisted.trial tests")
+        self.assertEqual(command, "python -m twisted.trial --reactor=asyncio tests")
         env = dict(os.environ)
         # The checkout, after the example's own directory (python -m puts
         # the current directory first), for runs without an installed
         # pluginserver.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
         out, err, code = yield utils.getProcessOutputAndValue(
-            sys.executable, ["-m", "twisted.trial", "tests"], env=env, path=root
+            sys.executable,
+            ["-m", "twisted.trial", "--reactor=asyncio", "tests"],
+            env=env,
+            path=root,
         )
         text = out.decode("utf-8", "replace") + err.decode("utf-8", "replace")
         self.assertEqual(code, 0, text)

@@ -7,12 +7,16 @@ In memory: the server's own registry, resource, site and HTTP channel
 (L{pluginserver.testing}) over a transport that pushes back as a TCP socket
 does (past C{bufferSize} unsent bytes it pauses its producer), time on a
 L{Clock}; the raw bytes the channel writes are read as a client would.
+An async iterator's pulls run as asyncio tasks on the real loop, on later
+turns than what starts them: a test waits (bounded, L{until}) for what a
+pull brings about before it asserts it.
 For real: C{twistd pluginserver} on 127.0.0.1, a client that reads nothing
 while a plugin streams 200 MB, and a reload that ends a stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import http.client
 import os
@@ -37,10 +41,13 @@ from pluginserver.plugin import RawJSON
 from pluginserver.streams import CHUNKS_PER_TURN, KEEP_ALIVE, _Stream, encode_event
 from tests.helpers import HELLO, PluginDir, PushBackTransport
 from tests.process import Server, sleep
+from tests.test_registry import until
 
 # -- the plugin every in-memory test serves -------------------------------------
 
 STREAMER = """
+import asyncio
+
 from twisted.internet import defer
 
 from pluginserver import EventStream, Plugin, Response
@@ -57,6 +64,10 @@ class S(Plugin):
         self.closed = []
         self.pulled = 0
         self.gates = []
+
+    def stop(self):
+        # What was closed by the time stop() ran.
+        self.closedAtStop = list(self.closed)
 
     def lines(self, n):
         try:
@@ -107,6 +118,16 @@ class S(Plugin):
         finally:
             self.closed.append("waits")
 
+    async def slowclose(self):
+        try:
+            while True:
+                gate = defer.Deferred()
+                self.gates.append(gate)
+                yield await gate
+        finally:
+            await asyncio.sleep(0.01)  # a clean-up that awaits
+            self.closed.append("slowclose")
+
     async def araises(self):
         try:
             raise ZeroDivisionError("before the first chunk")
@@ -131,6 +152,8 @@ class S(Plugin):
             return Response(self.bad(int(args.get("after", 0))))
         if kind == "waits":
             return Response(self.waits(), 201, {"X-Mine": "yes"}, content_type=given)
+        if kind == "slowclose":
+            return Response(self.slowclose())
         if kind == "araises":
             return Response(self.araises())
         if kind == "sse":
@@ -217,6 +240,13 @@ class Wire:
     def send(self, data: bytes) -> None:
         self.channel.dataReceived(data)
 
+    def sent(self) -> bytes:
+        """
+        Everything the server has sent so far, whether the client has read
+        it or not (this reads nothing).
+        """
+        return self.transport.received + self.transport.value()
+
     def answer(self) -> Answer:
         """
         Everything received so far (the client reads it all).
@@ -270,6 +300,21 @@ class StreamCase(TestCase):
         loaded = self.server.registry.get("s")
         assert loaded is not None
         return loaded.instance
+
+    def pulling(self, count: int = 1, plugin: Any = None) -> Any:
+        """
+        Wait until C{count} pulls of the async streams are in flight: their
+        tasks have run as far as the gates they wait on (of C{plugin}, the
+        current instance by default).
+        """
+        return until(lambda: len((self.plugin if plugin is None else plugin).gates) == count)
+
+    def arrived(self, wire: Wire, data: bytes) -> Any:
+        """
+        Wait until the server has sent C{data} on C{wire} (the client
+        reads nothing meanwhile).
+        """
+        return until(lambda: data in wire.sent())
 
     def errorsLogged(self) -> list[dict[str, Any]]:
         return [e for e in self.logged if e.get("log_level").name in ("error", "critical")]
@@ -328,7 +373,9 @@ class FramingTests(StreamCase):
         """
         yield self.serve()
         wire = self.open("/s/waits?type=text/html")
+        yield self.pulling()
         self.plugin.gates.pop(0).callback("<p>")
+        yield self.arrived(wire, b"<p>")
         answer = wire.answer()
         self.assertEqual(answer.status, 201)
         self.assertEqual(answer.header(b"x-mine"), b"yes")
@@ -406,17 +453,24 @@ class AsyncTests(StreamCase):
     def test_asyncIterator(self) -> Any:
         """
         An async iterator's chunks go out as each comes; nothing is sent,
-        not even the head, before the first one.
+        not even the head, while the first one is awaited (its pull in
+        flight); one pull at a time.
         """
         yield self.serve()
         wire = self.open("/s/waits")
+        yield self.pulling()  # the plugin awaits its first chunk
         self.assertEqual(wire.transport.value(), b"")
         self.assertEqual(len(self.plugin.gates), 1)  # one pull in flight
         self.plugin.gates.pop(0).callback(b"first")
+        yield self.arrived(wire, b"first")
         self.assertEqual(wire.answer().chunks, [b"first"])
+        yield self.pulling()
         self.plugin.gates.pop(0).callback("second")
+        yield self.arrived(wire, b"second")
         self.assertEqual(wire.answer().chunks, [b"first", b"second"])
+        yield self.pulling()
         self.plugin.gates.pop(0).callback(None)
+        yield self.arrived(wire, b"\r\n0\r\n\r\n")  # the last chunk
         answer = wire.answer()
         self.assertTrue(answer.complete)
         self.assertEqual(answer.header(b"content-type"), b"application/octet-stream")
@@ -430,15 +484,21 @@ class AsyncTests(StreamCase):
         """
         yield self.serve(request_timeout=5.0)
         wire = self.open("/s/waits")
+        yield self.pulling()  # the plugin awaits its first chunk
         self.clock.advance(5)
         answer = wire.answer()
         self.assertEqual(answer.status, 504)
         self.assertEqual(answer.body, b'{"error":"timeout"}')
+        yield until(lambda: len(self.plugin.closed) == 1)  # the cancelled pull ends
         self.assertEqual(self.plugin.closed, ["waits"])
         wire = self.open("/s/waits")
+        yield self.pulling()
         self.plugin.gates.pop(0).callback(b"at once")
+        yield self.arrived(wire, b"at once")
         self.clock.advance(50)
+        yield self.pulling()
         self.plugin.gates.pop(0).callback(b" and later")
+        yield self.arrived(wire, b" and later")
         self.assertEqual(wire.answer().body, b"at once and later")
         self.assertEqual(streamTimers(self.clock), [])
 
@@ -468,7 +528,9 @@ class ErrorTests(StreamCase):
         """
         yield self.serve()
         for path in ("/s/raises", "/s/araises"):
-            answer = self.open(path).answer()
+            wire = self.open(path)
+            yield self.arrived(wire, b'{"error":"internal error"}')
+            answer = wire.answer()
             self.assertEqual(answer.status, 500, path)
             self.assertEqual(answer.header(b"content-type"), b"application/json")
             self.assertEqual(answer.body, b'{"error":"internal error"}')
@@ -565,17 +627,20 @@ class BackPressureTests(StreamCase):
     @defer.inlineCallbacks
     def test_disconnectClosesTheIterator(self) -> Any:
         """
-        A client that goes away closes the iterator at once (its finally
-        runs), sync or async (a pull in flight is cancelled), and is
-        counted; nothing the stream started is left on the clock.
+        A client that goes away closes the iterator (its finally runs): a
+        sync one at once, an async one once its pull in flight, cancelled,
+        has ended (on a later turn of the loop); the answer is counted, and
+        nothing the stream started is left on the clock.
         """
         yield self.serve()
         wire = self.open("/s/forever", bufferSize=8192)
         wire.close()
         self.assertEqual(self.plugin.closed, ["forever"])
         wire = self.open("/s/sse")  # async, waiting for its first event
+        yield self.pulling()
         self.assertEqual(len(self.plugin.gates), 1)
         wire.close()
+        yield until(lambda: len(self.plugin.closed) == 2)
         self.assertEqual(self.plugin.closed, ["forever", "waits"])
         self.assertEqual(self.streams.count(), 0)
         self.assertEqual(streamTimers(self.clock), [])
@@ -680,13 +745,17 @@ class EventStreamTests(StreamCase):
         self.assertEqual(wire.answer().body, b"")
         self.clock.advance(1)
         self.assertEqual(wire.answer().body, KEEP_ALIVE)
+        yield self.pulling()
         self.plugin.gates.pop(0).callback({"data": [1], "event": "e"})
+        yield self.arrived(wire, b"event: e\n")
         self.clock.advance(15)
         body = wire.answer().body
         self.assertEqual(body, KEEP_ALIVE + b"event: e\ndata: [1]\n\n" + KEEP_ALIVE)
         (event,) = SSEClient(iter([body])).events()
         self.assertEqual((event.event, event.data), ("e", "[1]"))
+        yield self.pulling()
         self.plugin.gates.pop(0).callback(None)
+        yield self.arrived(wire, b"\r\n0\r\n\r\n")  # the last chunk
         self.assertTrue(wire.answer().complete)
         self.assertEqual(streamTimers(self.clock), [])
 
@@ -708,7 +777,9 @@ class EventStreamTests(StreamCase):
         """
         yield self.serve()
         wire = self.open("/s/sse?hb=1", bufferSize=10)
+        yield self.pulling()
         self.plugin.gates.pop(0).callback({"data": "x" * 20})
+        yield self.arrived(wire, b"x" * 20)
         self.assertTrue(wire.transport.full)
         before = len(wire.transport.value())
         self.clock.advance(5)
@@ -718,24 +789,46 @@ class EventStreamTests(StreamCase):
 # -- generations ------------------------------------------------------------------------
 
 
+class ClosingTests(StreamCase):
+    @defer.inlineCallbacks
+    def test_aCleanUpThatAwaitsRunsWhole(self) -> Any:
+        """
+        A client that goes away while an async iterator waits: its pull is
+        cancelled, and its clean-up, which awaits, runs to the end before
+        the iterator is closed; nothing is logged as an error.
+        """
+        yield self.serve()
+        wire = self.open("/s/slowclose")
+        yield self.pulling(1)
+        wire.close()
+        yield until(lambda: self.plugin.closed == ["slowclose"])
+        yield defer.Deferred.fromFuture(asyncio.ensure_future(asyncio.sleep(0.05)))
+        self.assertEqual(self.errorsLogged(), [])
+
+
 class GenerationTests(StreamCase):
     @defer.inlineCallbacks
     def test_reloadEndsTheStreams(self) -> Any:
         """
-        A reload ends the old generation's open streams cleanly (iterator
-        closed, body terminated), before its stop(); new streams are the
-        new generation's.
+        A reload ends the old generation's open streams cleanly (body
+        terminated and iterator closed before its stop() runs); new streams
+        are the new generation's.
         """
         yield self.serve()
         old = self.plugin
         plain = self.open("/s/waits")
+        yield self.pulling(1, old)
         old.gates.pop(0).callback(b"a")
+        yield self.arrived(plain, b"\r\na\r\n")  # the chunk
         sse = self.open("/s/sse")
         ahead = self.open("/s/waits")  # no chunk yet: no head yet
+        yield self.pulling(3, old)  # every stream's pull is in flight
         self.assertEqual(self.streams.count(), 3)
         self.dir.write("s", STREAMER + "\n# changed\n")
         outcome = yield self.server.registry.reload("s")
         self.assertTrue(outcome.success, outcome.error)
+        # The iterators were closed before the old generation's stop() ran.
+        self.assertEqual(old.closedAtStop, ["waits", "waits", "waits"])
         self.assertEqual(old.closed, ["waits", "waits", "waits"])
         answer = plain.answer()
         self.assertTrue(answer.complete)
@@ -752,14 +845,17 @@ class GenerationTests(StreamCase):
     @defer.inlineCallbacks
     def test_unloadEndsTheStreams(self) -> Any:
         """
-        A plugin removed by /reload/all ends its streams.
+        A plugin removed by /reload/all ends its streams (its iterators
+        closed).
         """
         yield self.serve()
         old = self.plugin
         wire = self.open("/s/sse")
+        yield self.pulling(1, old)
         self.dir.remove("s")
         yield self.server.registry.reload_all()
         self.assertTrue(wire.answer().complete)
+        yield until(lambda: len(old.closed) == 1)  # the cancelled pull ends
         self.assertEqual(old.closed, ["waits"])
 
     @defer.inlineCallbacks
