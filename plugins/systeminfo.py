@@ -51,6 +51,28 @@ server's stop): a client's EventSource then reconnects, to the new one.
 A client that reads slowly gets the latest sample when it can take one,
 never a backlog.  The route is not a section: C{stream/...} is 404.
 
+C{GET /systeminfo/metrics} answers the same sample in the Prometheus text
+format (C{text/plain; version=0.0.4}), under node_exporter's metric names and
+labels, so that a Prometheus and the dashboards already made for
+node_exporter read it unchanged: C{node_cpu_seconds_total{cpu,mode}} (per
+cpu; modes as psutil reports them for this OS, guest time left out as
+node_exporter leaves it out), C{node_load1}, C{node_load5}, C{node_load15},
+C{node_memory_MemTotal_bytes}, C{node_memory_MemAvailable_bytes},
+C{node_memory_MemFree_bytes}, C{node_memory_SwapTotal_bytes},
+C{node_memory_SwapFree_bytes}, C{node_filesystem_size_bytes},
+C{node_filesystem_avail_bytes} (for unprivileged users),
+C{node_filesystem_free_bytes} (root's reserve included)
+C{{device,mountpoint,fstype}} (a mount whose usage is unknown is left out),
+C{node_network_receive_bytes_total}, C{node_network_transmit_bytes_total},
+C{node_network_up} C{{device}}, C{node_boot_time_seconds},
+C{node_time_seconds} (when the sample was taken),
+C{node_uname_info{sysname,release,version,machine,nodename}} (always 1),
+and C{pluginserver_packages_installed{manager}},
+C{pluginserver_packages_upgradable{manager}} once known.  Raw counters and
+base units (bytes, seconds): Prometheus computes the rates.  The text is
+encoded once per sample, in the sampler's thread, like the JSON.  The route
+is not a section: C{metrics/...} is 404.
+
 C{GET /systeminfo/<section>} answers one section.  Below a section, a path
 names a field (C{cpu/percent}, C{cpu/loadavg/1m}); the C{disk} and C{net}
 lists are indexed by their natural key: C{net/eth0}, C{net/eth0/rx_bps},
@@ -97,6 +119,8 @@ from ipaddress import ip_address, ip_interface
 from typing import Any, ClassVar
 
 import psutil
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -104,12 +128,21 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pluginserver.plugin import EventStream, HTTPError, Plugin, PluginRequest, RawJSON
+from pluginserver.plugin import EventStream, HTTPError, Plugin, PluginRequest, RawJSON, Response
 
 SECTIONS = ("cpu", "ram", "swap", "disk", "net", "uptime", "info", "packages", "sampled_at")
 STREAM = "stream"
 """The subpath of the event stream: not a section."""
+METRICS = "metrics"
+"""The subpath of the Prometheus text format: not a section."""
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The Prometheus text format's content type (what node_exporter sends)."""
 LIST_KEYS = {"disk": "mount", "net": "iface"}
+
+NOT_CPU_MODES = frozenset({"guest", "guest_nice"})
+"""psutil's cpu time fields that node_cpu_seconds_total leaves out:
+node_exporter reports guest time apart, and it is already counted in user
+and nice."""
 
 IGNORED_FSTYPES = frozenset(
     "proc sysfs tmpfs devtmpfs devpts overlay overlayfs aufs squashfs cgroup cgroup2 "
@@ -220,6 +253,136 @@ def _dnf_updates(out: str) -> int:
     return count
 
 
+class _Families:
+    """Metric families as prometheus_client's C{generate_latest} reads them."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Sequence[Metric]:
+        return self._families
+
+
+def _exposition(families: Sequence[Metric]) -> bytes:
+    """C{families} in the Prometheus text format."""
+    return generate_latest(_Families(families))
+
+
+def _gauge(name: str, text: str, value: float | None) -> list[Metric]:
+    """A gauge of one unlabelled sample; nothing when the value is unknown."""
+    if value is None:
+        return []
+    return [GaugeMetricFamily(name, text, value=value)]
+
+
+def _node_metrics(doc: Doc, per_cpu: Sequence[Any], load: Sequence[float | None]) -> bytes:
+    """
+    One sample in node_exporter's names, encoded: C{doc} is the sample as
+    C{/systeminfo} answers it, C{per_cpu} psutil's per-cpu times and
+    C{load} its load averages of that same sample, unrounded.  Runs in the
+    sampler's thread.
+    """
+    families: list[Metric] = [
+        GaugeMetricFamily(
+            "node_boot_time_seconds",
+            "Node boot time, in unixtime.",
+            value=doc["uptime"]["boot_time"],
+        )
+    ]
+    cpu = CounterMetricFamily(
+        "node_cpu_seconds", "Seconds the CPUs spent in each mode.", labels=["cpu", "mode"]
+    )
+    for index, times in enumerate(per_cpu):
+        for mode, seconds in times._asdict().items():
+            if mode not in NOT_CPU_MODES:
+                cpu.add_metric([str(index), mode], seconds)
+    families.append(cpu)
+    filesystem = {
+        name: GaugeMetricFamily(
+            f"node_filesystem_{name}_bytes", text, labels=["device", "mountpoint", "fstype"]
+        )
+        for name, text in (
+            ("avail", "Filesystem space available to non-root users in bytes."),
+            ("free", "Filesystem free space in bytes."),
+            ("size", "Filesystem size in bytes."),
+        )
+    }
+    for disk in doc["disk"]:
+        if disk["total"] is None:
+            continue  # its usage call failed or hangs: unknown, not zero
+        labels = [disk["device"], disk["mount"], disk["fstype"]]
+        # psutil's free is what unprivileged users may still use (f_bavail);
+        # node_exporter's free includes root's reserve (f_bfree).
+        filesystem["avail"].add_metric(labels, disk["free"])
+        filesystem["free"].add_metric(labels, disk["total"] - disk["used"])
+        filesystem["size"].add_metric(labels, disk["total"])
+    families.extend(filesystem.values())
+    for minutes, value in zip(("1", "5", "15"), load, strict=False):
+        families += _gauge(f"node_load{minutes}", f"{minutes}m load average.", value)
+    ram, swap = doc["ram"], doc["swap"]
+    for name, value in (
+        ("MemAvailable", ram["available"]),
+        ("MemFree", ram["free"]),
+        ("MemTotal", ram["total"]),
+        ("SwapFree", swap["free"]),
+        ("SwapTotal", swap["total"]),
+    ):
+        families += _gauge(
+            f"node_memory_{name}_bytes", f"Memory information field {name}_bytes.", value
+        )
+    receive = CounterMetricFamily(
+        "node_network_receive_bytes", "Network device statistic receive_bytes.", labels=["device"]
+    )
+    transmit = CounterMetricFamily(
+        "node_network_transmit_bytes",
+        "Network device statistic transmit_bytes.",
+        labels=["device"],
+    )
+    up = GaugeMetricFamily(
+        "node_network_up", "Whether the network interface is up (1) or not (0).", labels=["device"]
+    )
+    for net in doc["net"]:
+        device = [net["iface"]]
+        if net["bytes_recv"] is not None:
+            receive.add_metric(device, net["bytes_recv"])
+            transmit.add_metric(device, net["bytes_sent"])
+        if net["is_up"] is not None:
+            up.add_metric(device, 1 if net["is_up"] else 0)
+    families += [receive, transmit, up]
+    families.append(
+        GaugeMetricFamily(
+            "node_time_seconds",
+            "System time in seconds since epoch (1970), when the sample was taken.",
+            value=doc["sampled_at"],
+        )
+    )
+    info = doc["info"]
+    uname = ("sysname", "release", "version", "machine", "nodename")
+    uname_info = GaugeMetricFamily(
+        "node_uname_info",
+        "Labeled system information as provided by the uname system call.",
+        labels=list(uname),
+    )
+    uname_info.add_metric([str(info[key]) for key in uname], 1)
+    families.append(uname_info)
+    return _exposition(families)
+
+
+def _packages_metrics(packages: Doc) -> bytes:
+    """The package counts in the Prometheus text format, those known only."""
+    families: list[Metric] = []
+    manager = packages["manager"]
+    for key, text in (
+        ("installed", "Packages installed, by package manager."),
+        ("upgradable", "Packages with an upgrade in the local package index, by package manager."),
+    ):
+        if manager is not None and packages[key] is not None:
+            family = GaugeMetricFamily(f"pluginserver_packages_{key}", text, labels=["manager"])
+            family.add_metric([manager], packages[key])
+            families.append(family)
+    return _exposition(families) if families else b""
+
+
 class SystemInfo(Plugin):
     """The C{/systeminfo} route; see the module docstring."""
 
@@ -270,6 +433,7 @@ class SystemInfo(Plugin):
         self._model: str | None = None
         self._prev_cpu: Any = None
         self._prev_per_cpu: Sequence[Any] = ()
+        self._load: Sequence[float | None] = (None, None, None)
         self._prev_net: dict[str, tuple[int | None, int | None]] = {}
         self._prev_t: float | None = None
         # Published state: touched only on the reactor thread.
@@ -280,9 +444,11 @@ class SystemInfo(Plugin):
             "checked_at": None,
         }
         self._packages_raw = _encode(self._packages)
-        self._sample: tuple[Doc, dict[str, RawJSON]] | None = None
+        self._packages_metrics = b""
+        self._sample: tuple[Doc, dict[str, RawJSON], bytes] | None = None
         self._doc: Doc | None = None
         self._raw: dict[str, RawJSON] = {}
+        self._metrics: Response | None = None
         # The streams waiting for the next sample (reactor thread only).
         self._waiters: set[Deferred[None]] = set()
 
@@ -334,6 +500,8 @@ class SystemInfo(Plugin):
             return raw[""]
         if request.subpath.strip("/") == STREAM:
             return EventStream(self._samples())
+        if request.subpath.strip("/") == METRICS:
+            return self._metrics
         section, _, rest = request.subpath.partition("/")
         if section not in SECTIONS:
             raise HTTPError(404, f"unknown section: {section}")
@@ -404,7 +572,7 @@ class SystemInfo(Plugin):
         if not self._stopped:
             self._log.failure(what, failure)
 
-    def _publish_sample(self, sample: tuple[Doc, dict[str, RawJSON]]) -> None:
+    def _publish_sample(self, sample: tuple[Doc, dict[str, RawJSON], bytes]) -> None:
         if not self._stopped:
             self._sample = sample
             self._assemble()
@@ -419,10 +587,14 @@ class SystemInfo(Plugin):
         raw[""] = RawJSON(
             b"{" + b",".join(b'"%s":%s' % (s.encode(), raw[s]) for s in SECTIONS) + b"}"
         )
-        self._doc, self._raw = doc, raw
+        metrics = Response(
+            self._sample[2] + self._packages_metrics, content_type=METRICS_CONTENT_TYPE
+        )
+        self._doc, self._raw, self._metrics = doc, raw, metrics
 
-    def _collect(self) -> tuple[Doc, dict[str, RawJSON]]:
-        """One sample, in a thread: every section but packages, encoded."""
+    def _collect(self) -> tuple[Doc, dict[str, RawJSON], bytes]:
+        """One sample, in a thread: every section but packages, encoded as
+        JSON and in the Prometheus text format."""
         ps = self._ps
         t, wall = self._timer(), self._now()
         dt = None if self._prev_t is None else t - self._prev_t
@@ -437,7 +609,10 @@ class SystemInfo(Plugin):
             "info": self._info(),
             "sampled_at": wall,
         }
-        return doc, {key: _encode(value) for key, value in doc.items()}
+        # _cpu() left this sample's per-cpu times (the next one's baseline)
+        # and load averages, unrounded.
+        metrics = _node_metrics(doc, self._prev_per_cpu, self._load)
+        return doc, {key: _encode(value) for key, value in doc.items()}, metrics
 
     def _cpu(self) -> Doc:
         ps = self._ps
@@ -459,6 +634,7 @@ class SystemInfo(Plugin):
             load: Sequence[float] = ps.getloadavg()
         except (OSError, AttributeError):
             load = (None, None, None)  # type: ignore[assignment]
+        self._load = load
         return {
             "model": self._model or None,
             "count": ps.cpu_count(),
@@ -574,6 +750,7 @@ class SystemInfo(Plugin):
     def _publish_packages(self, packages: Doc) -> None:
         if not self._stopped:
             self._packages, self._packages_raw = packages, _encode(packages)
+            self._packages_metrics = _packages_metrics(packages)
             self._assemble()
 
     # (manager, command listing installed packages, installed-line test)

@@ -57,7 +57,7 @@ _ENDPOINT_PATH_KEYS = frozenset(
 
 _AUTH_MODES = ("global", "plugin", "none")
 
-RESERVED_ROUTES = frozenset({"plugins", "reload", "metrics", "health"})
+RESERVED_ROUTES = frozenset({"plugins", "reload", "metrics", "health", "dashboard", "openapi.json"})
 """Route names the server keeps for itself: no plugin and no documents tree
 may take one (L{pluginserver.registry.RESERVED_NAMES} is this set)."""
 

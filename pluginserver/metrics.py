@@ -87,8 +87,15 @@ class Metrics:
     def reload_outcome(self, plugin: str, success: bool) -> None:
         """
         Count a load or reload of a plugin, successful or not.
+
+        Both series of the plugin exist from its first load on (the other
+        one at 0): Prometheus's C{increase()} sees no increase in a series'
+        first sample, so an alert on C{result="failure"} would otherwise
+        miss a plugin's first failure.
         """
-        self._reloads[plugin, "success" if success else "failure"] += 1
+        reloads = self._reloads
+        reloads[plugin, "success" if success else "failure"] += 1
+        reloads[plugin, "failure" if success else "success"] += 0
 
     # -- exposition ----------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from pluginserver.declared import ArgumentError
 from pluginserver.files import DocumentTree, serve_file
 from pluginserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pluginserver.metrics import Metrics
+from pluginserver.openapi import OpenAPI
 from pluginserver.plugin import (
     EventStream,
     FileResponse,
@@ -165,7 +166,10 @@ class PluginServerResource(Resource):
         self._reactor = reactor
         self._threadpool = threadpool
         self._metrics = metrics
-        self._utility: Resource = UtilityRoutes(runtime, metrics).app.resource()
+        utility = UtilityRoutes(runtime, metrics)
+        self.openapi = utility.openapi
+        """The C{/openapi.json} document, rebuilt when the routes change."""
+        self._utility: Resource = utility.app.resource()
         self._lookup = runtime.registry.get
         self.streams = Streams(reactor)
         """The open streamed answers, ended when their generation retires."""
@@ -687,6 +691,7 @@ class UtilityRoutes:
     def __init__(self, runtime: Runtime, metrics: Metrics | None = None) -> None:
         self._runtime = runtime
         self._metrics = metrics
+        self.openapi = OpenAPI(runtime)
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
@@ -694,6 +699,12 @@ class UtilityRoutes:
             return json_answer(request, 404, {"error": "not found"})
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
         return self._metrics.exposition()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapiDocument(self, request: Any) -> bytes:
+        # JSON, the content type every answer starts with; the same bytes
+        # until the routes change.  HEAD: the length GET would send.
+        return answer(request, 200, self.openapi.document())  # type: ignore[no-any-return]
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Any) -> bytes:
