@@ -611,6 +611,14 @@ KEYS: tuple[Key, ...] = (
         "Serve /metrics without the global key.",
     ),
     Key(
+        "server",
+        "dashboard",
+        _boolean,
+        True,
+        "dashboard",
+        "Serve the bundled dashboard at /dashboard/ (and redirect / there).",
+    ),
+    Key(
         "paths",
         "plugins",
         _string,
@@ -936,6 +944,7 @@ class Settings:
     log_format: str = _field_default("log_format")
     access_log: str | None = _field_default("access_log")
     metrics_public: bool = _field_default("metrics_public")
+    dashboard: bool = _field_default("dashboard")
     apikey: str | None = attr.ib(default=_field_default("apikey"), repr=_redacted)
     allow_query_key: bool = _field_default("allow_query_key")
     # Mappings are unhashable and carry plugin keys: keep them out of the

@@ -58,7 +58,7 @@ import re
 import stat
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from html import escape
 from typing import IO, Any
 from urllib.parse import quote
@@ -620,14 +620,23 @@ class DocumentTree:
         on every request, so a directory that is a symlink may be moved to
         a new release while the server runs).
     @ivar cache_control: the C{Cache-Control} of its answers.
+    @ivar headers: more headers of its file answers (the bundled
+        dashboard's stricter C{Content-Security-Policy}).
     """
 
     index = "index.html"
 
-    def __init__(self, route: str, directory: str, cache_control: bytes = b"no-store") -> None:
+    def __init__(
+        self,
+        route: str,
+        directory: str,
+        cache_control: bytes = b"no-store",
+        headers: Sequence[tuple[bytes, list[bytes]]] = (),
+    ) -> None:
         self.route = route
         self.directory = directory
         self.cache_control = cache_control
+        self.headers = list(headers)
         self._logged: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -671,7 +680,7 @@ class DocumentTree:
         if actual is not None and not within(actual, root):
             opened.file.close()
             return self._escaped(request, client, actual)
-        pairs: HeaderPairs = [(b"cache-control", [self.cache_control])]
+        pairs: HeaderPairs = [(b"cache-control", [self.cache_control]), *self.headers]
         if real.endswith(".md"):
             module = markdown_module()
             if module is not None and opened.size <= MARKDOWN_LIMIT:

@@ -80,6 +80,7 @@ from pluginserver.security import (
 )
 from pluginserver.streams import Streams
 from pluginserver.target import BadTarget, Target, parse_path, split_absolute
+from pluginserver.webui import DASHBOARD, dashboard_tree, redirect_to_dashboard
 
 if TYPE_CHECKING:
     from pluginserver.site import PluginServerRequest
@@ -200,6 +201,9 @@ class PluginServerResource(Resource):
             # 304); one behind a key is never stored (the default no-store).
             cache = b"no-cache" if key is None else b"no-store"
             documents[route] = (DocumentTree(route, directory, cache), key)
+        if settings.dashboard:
+            # The page holds no data and needs no key; what it fetches does.
+            documents[DASHBOARD] = (dashboard_tree(), None)
         self._documents = documents
 
     def render(self, request: PluginServerRequest) -> Any:
@@ -310,6 +314,8 @@ class PluginServerResource(Resource):
         self, request: PluginServerRequest, policy: SecurityPolicy, target: Target
     ) -> Any:
         name = target.name
+        if not name and request.method in _SAFE and DASHBOARD in self._documents:
+            return redirect_to_dashboard(request)  # "/": the dashboard
         if name not in RESERVED_NAMES:
             return error(request, 404, "not found")
         # Klein routes on postpath (which our Request leaves empty): give it
