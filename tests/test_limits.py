@@ -25,7 +25,13 @@ from pluginserver import Plugin
 class Slow(Plugin):
     blocking = BLOCKING
 
+    def start(self):
+        self.started = 0
+
     def handle(self, request):
+        if "count" in request.args:  # how many requests it has begun
+            return {"started": self.started}
+        self.started += 1
         seconds = float(request.args.get("s", "3"))
         if self.blocking:
             time.sleep(seconds)
@@ -305,7 +311,14 @@ class UnderLoadTests(TestCase):
         server.write_plugin("slow", SLOW.replace("BLOCKING", "False"))
         yield server.start()
         inFlight = [server.get("/slow?s=1") for _ in range(5)]
-        yield sleep(0.3)
+        # In flight: all five begun (one still on its way to the server
+        # when SIGTERM comes was never in flight, and is refused).
+        for _ in range(200):
+            status, body = yield server.get("/slow?count=1")
+            if body["started"] == 5:
+                break
+            yield sleep(0.02)
+        self.assertEqual(body, {"started": 5})
         server.signal(15)
         results = yield defer.gatherResults(inFlight)
         self.assertEqual(results, [(200, {"slept": 1.0})] * 5)
