@@ -41,6 +41,7 @@ from pluginserver.notify import notify_systemd
 from pluginserver.registry import PluginRegistry, ReloadReport
 from pluginserver.site import PluginServerSite
 from pluginserver.tls import TLSConfigError, load_context_factory, tls_endpoint
+from pluginserver.transport import batch_writes
 from pluginserver.web import PluginServerResource
 
 log = Logger()
@@ -113,6 +114,7 @@ class Listener(Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
+        batch_writes(port)
         if not self._ready:
             # Bound, but taking no connection yet: clients wait in the
             # listen backlog until the plugins have started.  (Twisted has
