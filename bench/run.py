@@ -25,6 +25,14 @@ median time of C{GET /reload/hello} over 20 calls.  C{--json PATH} writes
 the same figures as JSON.  Every process it started is stopped, whatever
 happens.
 
+With C{--workers 1,2} it runs the workers mode instead: one pluginserver
+per worker count (C{[server] workers}), none of them nor wrk pinned (the
+workers need every CPU), driven on /hello in interleaved rounds; it prints
+per count req/s, p50, p99, the server's CPU use (supervisor and workers
+together) and requests per CPU-second, the ratio of each count's req/s to
+one worker's, and the median C{GET /reload/hello} time with the largest
+count.
+
 Standard library and psutil only.
 """
 
@@ -89,6 +97,8 @@ class Target:
     port: int
     path: str
     pid: int
+    tree: bool = False
+    """Count the CPU time of the process's children too (its workers)."""
 
     @property
     def url(self) -> str:
@@ -155,9 +165,21 @@ def parse_wrk(output: str) -> tuple[float, float, float, int, dict[str, int], in
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """
+    The CPU time (user + system) of a process, and with C{tree} of its
+    children (a supervisor's workers) too.
+    """
+    process = psutil.Process(pid)
+    processes = [process, *(process.children(recursive=True) if tree else [])]
+    total = 0.0
+    for each in processes:
+        try:
+            times = each.cpu_times()
+        except psutil.Error:
+            continue
+        total += float(times.user + times.system)
+    return total
 
 
 def run_wrk(target: Target, duration: float, connections: int, cpu: int | None) -> WrkResult:
@@ -176,7 +198,7 @@ def run_wrk(target: Target, duration: float, connections: int, cpu: int | None) 
         ],
         cpu,
     )
-    cpuBefore = cpu_seconds(target.pid)
+    cpuBefore = cpu_seconds(target.pid, target.tree)
     started = time.monotonic()
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -188,7 +210,7 @@ def run_wrk(target: Target, duration: float, connections: int, cpu: int | None) 
             process.kill()
             process.wait()
     elapsed = time.monotonic() - started
-    cpuUsed = cpu_seconds(target.pid) - cpuBefore
+    cpuUsed = cpu_seconds(target.pid, target.tree) - cpuBefore
     text = out.decode("utf-8", "replace")
     if process.returncode != 0:
         raise BenchError(f"{' '.join(command)} exited {process.returncode}:\n{text}")
@@ -381,6 +403,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run pluginserver with [server] access_log set (to compare logging on and off)",
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="run pluginserver with a [limits] rate limit so high it is never hit "
+        "(to state what rate limiting costs per request)",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N,M",
+        help="workers mode: compare [server] workers counts on /hello (e.g. 1,2), "
+        "unpinned, instead of the default run",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (config, logs)"
@@ -388,6 +422,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.reloads < 1:
         parser.error("--rounds, --duration, --connections and --reloads must be positive")
+    if args.workers is not None:
+        try:
+            args.workers = sorted({int(n) for n in args.workers.split(",")})
+        except ValueError:
+            parser.error("--workers: a comma-separated list of worker counts, e.g. 1,2")
+        if not all(1 <= n <= 256 for n in args.workers):
+            parser.error("--workers: each count from 1 to 256")
     return args
 
 
@@ -398,6 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as e:
         print(f"bench/run.py: {e}", file=sys.stderr)
         return 2
+    if args.workers:
+        return run_with_processes(
+            "run",
+            args.keep,
+            lambda processes, workdir: _runWorkers(args, processes, workdir),
+        )
     serverCpu, wrkCpu = server_cpus()
     return run_with_processes(
         "run",
@@ -426,8 +473,11 @@ def _run(
     env = child_env()
     loadBefore = os.getloadavg()
 
+    # A section of its own, after every [server] key.
+    limits = "[limits]\nrate = float:1000000\nburst = int:1000000\n" if args.limits else ""
+
     def pluginserver(name: str, port: int, extra: str, twistdArgs: list[str]) -> Any:
-        config = write_config(workdir, port, plugins, extra)
+        config = write_config(workdir, port, plugins, extra + limits)
         return processes.start(
             name,
             pinned(
@@ -700,6 +750,209 @@ def _run(
     if args.check and not all(targetsMet.values()):
         return 1
     return 0
+
+
+# The target of issue 14, point 7: 2 workers against 1, total req/s, same run.
+TARGET_TWO_WORKERS = 1.3
+
+
+def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) -> int:
+    """
+    The workers mode: one server per worker count, unpinned, /hello in
+    interleaved rounds, then the reload time with the largest count.
+    """
+    extra = "allowed_hosts = list:localhost 127.0.0.1 [::1]\n"
+    plugins = os.path.join(REPO_DIR, "plugins")
+    env = child_env()
+    loadBefore = os.getloadavg()
+    servers: dict[int, tuple[int, Any, str]] = {}
+    for count in args.workers:
+        port = free_port()
+        while any(port == other for other, _, _ in servers.values()):
+            port = free_port()
+        log = os.path.join(workdir, f"workers-{count}.log")
+        config = write_config(workdir, port, plugins, extra + f"workers = int:{count}\n")
+        process = processes.start(
+            f"workers-{count}",
+            [
+                twistd(),
+                "-n",
+                "--pidfile",
+                os.path.join(workdir, f"workers-{count}.pid"),
+                "pluginserver",
+                "--config",
+                config,
+            ],
+            cwd=workdir,
+            log_path=log,
+            env=env,
+        )
+        servers[count] = (port, process, log)
+    for count, (port, process, log) in servers.items():
+        wait_until_serving(port, "/hello", process, log)
+        _wait_for_workers(port, count, process, log)
+    for port, _, _ in servers.values():
+        wait_for_packages(port, PACKAGES_WAIT)
+    time.sleep(1.0)
+    rss = {
+        count: sum(
+            rss_mb(p.pid)
+            for p in [psutil.Process(process.pid), *psutil.Process(process.pid).children()]
+        )
+        for count, (_, process, _) in servers.items()
+    }
+    targets = {
+        count: Target(f"workers-{count}", port, "/hello", process.pid, tree=True)
+        for count, (port, process, _) in servers.items()
+    }
+    print(
+        f"pluginserver bench, workers mode: {git_revision()}, Python "
+        f"{platform.python_version()}, {wrk_version()}"
+    )
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs; no pinning (workers and wrk share "
+        f"the CPUs); load average before start {loadBefore[0]:.2f} {loadBefore[1]:.2f} "
+        f"{loadBefore[2]:.2f}"
+    )
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency /hello; {args.rounds} "
+        f"interleaved rounds after {args.warmup:g} s warm-up; server CPU = supervisor + workers"
+    )
+    print(flush=True)
+    if args.warmup > 0:
+        for target in targets.values():
+            run_wrk(target, args.warmup, args.connections, None)
+    print(
+        f"{'round':>5}  {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>7} {'srv cpu%':>9} {'req/cpu-s':>10}"
+    )
+    rounds: list[dict[str, Any]] = []
+    for number in range(1, args.rounds + 1):
+        results: dict[int, WrkResult] = {}
+        for count, target in targets.items():
+            result = run_wrk(target, args.duration, args.connections, None)
+            results[count] = result
+            print(
+                f"{number:>5}  {count:>7} {result.requests_per_sec:>9.0f} {result.p50_ms:>8.2f} "
+                f"{result.p99_ms:>8.2f} {result.errors:>7} {result.server_cpu_percent:>9.0f} "
+                f"{_per_cpu_second(result):>10.0f}",
+                flush=True,
+            )
+        rounds.append({"round": number, "results": {str(c): asdict(r) for c, r in results.items()}})
+    base = min(args.workers)
+    summary: dict[int, dict[str, float]] = {}
+    for count in args.workers:
+        own = [r["results"][str(count)] for r in rounds]
+        summary[count] = {
+            "requests_per_sec": median([r["requests_per_sec"] for r in own]),
+            "p50_ms": median([r["p50_ms"] for r in own]),
+            "p99_ms": median([r["p99_ms"] for r in own]),
+            "server_cpu_percent": median([r["server_cpu_percent"] for r in own]),
+            "requests_per_cpu_second": median(
+                [r["requests_per_sec"] * 100.0 / max(r["server_cpu_percent"], 1e-9) for r in own]
+            ),
+            "vs_base": median(
+                [
+                    r["results"][str(count)]["requests_per_sec"]
+                    / r["results"][str(base)]["requests_per_sec"]
+                    for r in rounds
+                ]
+            ),
+            "errors": sum(r["errors"] for r in own),
+            "rss_mb": rss[count],
+        }
+    largest = max(args.workers)
+    reloadTimes = time_reloads(servers[largest][0], RELOAD_PLUGIN, args.reloads)
+    for count, (_, process, log) in servers.items():
+        if process.poll() is not None:
+            raise BenchError(f"workers-{count} exited {process.returncode}:\n{log_tail(log)}")
+    print()
+    print("medians over rounds:")
+    for count, s in summary.items():
+        print(
+            f"  {count} worker{'s' if count > 1 else ' '} {s['requests_per_sec']:>9.0f} req/s "
+            f"({s['vs_base']:.2f}x {base})  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms  "
+            f"cpu {s['server_cpu_percent']:.0f}%  {s['requests_per_cpu_second']:.0f} req/cpu-s  "
+            f"RSS {s['rss_mb']:.0f} MB  errors {s['errors']}"
+        )
+    met: bool | None = None
+    if 1 in summary and 2 in summary:
+        met = summary[2]["vs_base"] >= TARGET_TWO_WORKERS if base == 1 else None
+        print(
+            f"  2 workers / 1 worker req/s  {summary[2]['vs_base']:.2f}  (target >= "
+            f"{TARGET_TWO_WORKERS}: {_verdict(bool(met))})"
+        )
+    reloadMedian = median(reloadTimes)
+    print(
+        f"/reload/{RELOAD_PLUGIN} with {largest} workers over {len(reloadTimes)} calls: median "
+        f"{reloadMedian:.1f} ms, min {min(reloadTimes):.1f}, max {max(reloadTimes):.1f}"
+    )
+    for count, (_, _, log) in servers.items():
+        scan = scan_log(log)
+        print(
+            f"workers-{count} log: {scan['lines']} lines, {scan['tracebacks']} tracebacks, "
+            f"{scan['suspicious']} error-looking lines"
+        )
+        for line in scan["first_suspicious"]:
+            print(f"  | {line}")
+    if args.json:
+        document = {
+            "revision": git_revision(),
+            "python": platform.python_version(),
+            "wrk": wrk_version(),
+            "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": list(loadBefore),
+            "settings": {
+                "rounds": args.rounds,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "connections": args.connections,
+                "workers": args.workers,
+            },
+            "rounds": rounds,
+            "medians": {str(c): s for c, s in summary.items()},
+            "reload": {
+                "plugin": RELOAD_PLUGIN,
+                "workers": largest,
+                "times_ms": reloadTimes,
+                "median_ms": reloadMedian,
+            },
+            "target_two_workers_vs_one": TARGET_TWO_WORKERS,
+            "target_met": met,
+        }
+        with open(args.json, "w") as f:
+            json.dump(document, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    if args.check and met is False:
+        return 1
+    return 0
+
+
+def _per_cpu_second(result: WrkResult) -> float:
+    """
+    Requests answered per CPU-second the server used.
+    """
+    return result.requests_per_sec * 100.0 / max(result.server_cpu_percent, 1e-9)
+
+
+def _wait_for_workers(port: int, count: int, process: Any, log: str) -> None:
+    """
+    Wait until C{count} workers serve (C{pluginserver_workers} in /metrics;
+    a single process has none to wait for).
+    """
+    if count == 1:
+        return
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, _, body = http_get(port, "/metrics")
+        if status == 200 and f"pluginserver_workers {count}.0".encode() in body:
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise BenchError(f"{count} workers did not all serve:\n{log_tail(log)}")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,14 @@ import inspect
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from plugincore.answers import AnswerError, from_aiohttp, http_exception, old_answer
+from pluginserver.config import parse_value
+from pluginserver.keys import KeySet
 from pluginserver.plugin import HTTPError, Plugin, PluginRequest
 
 __all__ = ["AnswerError", "BasePlugin", "Config", "OldRequest", "PluginLog"]
@@ -312,6 +315,10 @@ class BasePlugin(Plugin):
         kwargs: dict[str, Any] = dict(params)
         if "auth" in params:
             kwargs["auth_type"] = params["auth"]
+        if isinstance(kwargs.get("apikey"), KeySet):
+            # The server keeps digests; the old plugins were given the key
+            # as written in their [plugin_parms].
+            kwargs["apikey"] = _written_apikey(view, name)
         kwargs["config"] = view
         kwargs["log"] = instance.log
         instance.name = name  # type: ignore[misc]
@@ -440,3 +447,17 @@ class BasePlugin(Plugin):
                 return from_aiohttp(e)
             raise
         return old_answer(value)
+
+
+def _written_apikey(config: Any, name: str) -> Any:
+    """
+    The C{apikey=} of a plugin's C{[plugin_parms]} line as written (typed),
+    or L{None}.
+    """
+    line = config.get("plugin_parms", {}).get(name)
+    if not isinstance(line, str):
+        return None
+    for key, value in parse_qsl(line, keep_blank_values=True):
+        if key == "apikey":
+            return parse_value(value)
+    return None

@@ -94,14 +94,18 @@ NO_BODY = frozenset({204, 304})
 """Statuses whose answers carry no body, so no Content-Length or Content-Type."""
 
 
-def raw_response(status: bytes, message: str) -> bytes:
+def raw_response(status: bytes, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
     """
     A complete error answer, written straight to the transport, for what is
     refused before there is a request to answer through; the connection is
     closed after it.
+
+    @param extra: headers beyond L{DEFAULT_HEADERS}.
     """
     body = error_body(message)
-    head = b"".join(b"%s: %s\r\n" % (name.title(), value) for name, value in DEFAULT_HEADERS)
+    head = b"".join(
+        b"%s: %s\r\n" % (name.title(), value) for name, value in (*DEFAULT_HEADERS, *extra)
+    )
     return (
         b"HTTP/1.1 " + status + b"\r\n" + head + b"Connection: close\r\n"
         b"Content-Length: %d\r\n\r\n" % (len(body),)
@@ -115,6 +119,19 @@ URI_TOO_LONG = raw_response(b"414 URI Too Long", "request line too long")
 HEADERS_TOO_LARGE = raw_response(
     b"431 Request Header Fields Too Large", "request headers too large"
 )
+
+TOO_MANY_REQUESTS = "too many requests"
+"""The message of every 429 (rate limits, failed key checks)."""
+
+
+def too_many_requests(retry_after: int) -> bytes:
+    """
+    The complete 429 answer to a request refused before its body is read,
+    with C{Retry-After} in whole seconds.
+    """
+    return raw_response(
+        b"429 Too Many Requests", TOO_MANY_REQUESTS, ((b"retry-after", b"%d" % retry_after),)
+    )
 
 
 def answer(request: Request, status: int, body: bytes) -> Any:

@@ -40,6 +40,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import attr
 
+from pluginserver.keys import KeySet, as_keys, parse_keys
+
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 T = TypeVar("T")
@@ -55,7 +57,10 @@ _ENDPOINT_PATH_KEYS = frozenset(
     {"privateKey", "certKey", "extraCertChain", "caCertsDir", "dhParameters"}
 )
 
-_AUTH_MODES = ("global", "plugin", "none")
+_AUTH_MODES = ("global", "plugin", "none", "cert")
+
+CLIENT_AUTH_MODES = ("none", "optional", "require")
+"""The values of C{[tls] client_auth}."""
 
 RESERVED_ROUTES = frozenset({"plugins", "reload", "metrics", "health", "dashboard", "openapi.json"})
 """Route names the server keeps for itself: no plugin and no documents tree
@@ -322,15 +327,6 @@ def _string(value: Any, raw: str) -> str:
     raise ValueError(f"expected text without a type prefix, found {raw!r}")
 
 
-def _secret(value: Any, raw: str) -> str:
-    """
-    Like L{_string}, but never echoes the value: it is a key.
-    """
-    if isinstance(value, str):
-        return value
-    raise ValueError("expected text without a type prefix (value not shown)")
-
-
 def _words(value: Any, raw: str) -> tuple[str, ...]:
     """
     A list of strings: from C{list:} or an unprefixed string split on
@@ -430,11 +426,45 @@ def _optional_networks(value: Any, raw: str) -> tuple[Network, ...] | None:
     return _networks(value, raw) or None
 
 
-def _optional_secret(value: Any, raw: str) -> str | None:
+def _key_value(value: Any, raw: str) -> Any:
     """
-    Like L{_secret}, but empty means "no key", which is L{None}.
+    Keys as written: one string or a C{list:} of them, each in any key
+    form (L{pluginserver.keys}); L{_Loader.keys} reads them.  Never echoes
+    the value: it holds keys.
     """
-    return _secret(value, raw) or None
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    ):
+        return value
+    raise ValueError("expected keys: plain, sha256:, file: or a list: of them (value not shown)")
+
+
+def _client_auth(value: Any, raw: str) -> str:
+    """
+    C{none}, C{optional} or C{require}, any case.
+    """
+    if isinstance(value, str) and value.strip().lower() in CLIENT_AUTH_MODES:
+        return value.strip().lower()
+    raise ValueError(f"expected none, optional or require, found {raw!r}")
+
+
+def _rate(value: Any, raw: str) -> float:
+    """
+    Requests per second: a finite number >= 0 (0 is off).
+    """
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    ):
+        return float(value)
+    raise ValueError(f"expected a number of requests per second >= 0, found {raw!r}")
 
 
 def _bindto(value: Any, raw: str) -> str:
@@ -578,6 +608,14 @@ KEYS: tuple[Key, ...] = (
     Key("server", "threads", _integer(1), 10, "threads", "Threads for blocking handlers."),
     Key(
         "server",
+        "workers",
+        _integer(1, 256),
+        1,
+        "workers",
+        "Worker processes serving the listeners; 1 serves in the twistd process itself.",
+    ),
+    Key(
+        "server",
         "uvloop",
         _boolean,
         True,
@@ -638,10 +676,18 @@ KEYS: tuple[Key, ...] = (
     Key(
         "auth",
         "apikey",
-        _optional_secret,
+        _key_value,
         None,
         "apikey",
-        "The global API key; absent or empty means none.",
+        "The global API key (plain, sha256:, file: or a list: of them); absent means none.",
+    ),
+    Key(
+        "auth",
+        "admin_apikey",
+        _key_value,
+        None,
+        "admin_apikey",
+        "The key the utility routes need instead of the global one; absent means none.",
     ),
     Key(
         "auth",
@@ -668,6 +714,47 @@ KEYS: tuple[Key, ...] = (
         (),
         "trusted_proxies",
         "The proxies whose X-Forwarded-For is believed.",
+    ),
+    Key(
+        "tls",
+        "client_auth",
+        _client_auth,
+        "none",
+        "client_auth",
+        "Client certificates on every ssl: listener: none, optional or require.",
+    ),
+    Key(
+        "tls",
+        "client_ca",
+        _string,
+        None,
+        "client_ca",
+        "The PEM CA certificate(s) that sign accepted client certificates.",
+        path=True,
+    ),
+    Key(
+        "limits",
+        "rate",
+        _rate,
+        0.0,
+        "rate_limit",
+        "Requests per second per client address; 0 means no rate limit.",
+    ),
+    Key(
+        "limits",
+        "burst",
+        _integer(0),
+        0,
+        "rate_burst",
+        "Requests a client address may make at once above the rate; 0 means the rate, at least 1.",
+    ),
+    Key(
+        "limits",
+        "auth_failures",
+        _integer(0),
+        20,
+        "auth_failures",
+        "Failed key checks per client address per minute before 429; 0 means no limit.",
     ),
     # The old server's listener keys: used when [server] listen is absent.
     Key(
@@ -732,7 +819,7 @@ OWNED_SECTIONS: tuple[str, ...] = (
 )
 """
 The sections the server owns: a key in one of them that is not in L{KEYS}
-is an error.  C{[tls]} and C{[limits]} have no keys yet.
+is an error.
 """
 
 KNOWN_SECTIONS: tuple[str, ...] = (*OWNED_SECTIONS, "paths", "plugin_parms", "DEFAULT")
@@ -898,11 +985,6 @@ def _frozen_empty() -> Mapping[str, Mapping[str, Any]]:
     return MappingProxyType({})
 
 
-def _redacted(value: str | None) -> str:
-    # Settings get logged; keys must never be.
-    return "None" if value is None else "'<redacted>'"
-
-
 @attr.s(frozen=True, auto_attribs=True)
 class Settings:
     """
@@ -939,13 +1021,16 @@ class Settings:
     shutdown_timeout: float = _field_default("shutdown_timeout")
     start_timeout: float = _field_default("start_timeout")
     threads: int = _field_default("threads")
+    workers: int = _field_default("workers")
     uvloop: bool = _field_default("uvloop")
     allowed_hosts: tuple[str, ...] | None = _field_default("allowed_hosts")
     log_format: str = _field_default("log_format")
     access_log: str | None = _field_default("access_log")
     metrics_public: bool = _field_default("metrics_public")
     dashboard: bool = _field_default("dashboard")
-    apikey: str | None = attr.ib(default=_field_default("apikey"), repr=_redacted)
+    # Digests only (a plain key given here, as tests do, is hashed).
+    apikey: KeySet | None = attr.ib(default=_field_default("apikey"), converter=as_keys)
+    admin_apikey: KeySet | None = attr.ib(default=_field_default("admin_apikey"), converter=as_keys)
     allow_query_key: bool = _field_default("allow_query_key")
     # Mappings are unhashable and carry plugin keys: keep them out of the
     # hash and the repr.
@@ -957,6 +1042,11 @@ class Settings:
     access_allow: tuple[Network, ...] | None = _field_default("access_allow")
     trusted_proxies: tuple[Network, ...] = _field_default("trusted_proxies")
     documents: tuple[tuple[str, str], ...] = _field_default("documents")
+    client_auth: str = _field_default("client_auth")
+    client_ca: str | None = _field_default("client_ca")
+    rate_limit: float = _field_default("rate_limit")
+    rate_burst: int = _field_default("rate_burst")
+    auth_failures: int = _field_default("auth_failures")
     sections: Mapping[str, Mapping[str, Any]] = attr.ib(
         factory=_frozen_empty, hash=False, repr=False
     )
@@ -1012,6 +1102,7 @@ class Settings:
         self,
         listen: Sequence[str] | None = None,
         plugins_dir: str | None = None,
+        workers: int | None = None,
     ) -> Settings:
         """
         Apply command-line overrides.  Their paths resolve against the
@@ -1019,6 +1110,7 @@ class Settings:
 
         @param listen: replaces the configured listeners when not empty;
             the origin becomes C{"--listen"}.
+        @param workers: replaces C{[server] workers} (C{--workers}).
         @param plugins_dir: replaces C{[paths] plugins}.  C{json=} files in
             C{[plugin_parms]} are relative to the plugins directory, so the
             plugin parameters are rebuilt against the new one.
@@ -1039,6 +1131,8 @@ class Settings:
             raw_params = self.sections.get("plugin_parms")
             if raw_params is not None and new_dir != self.plugins_dir:
                 changes["plugin_params"] = _build_plugin_params(self.path, raw_params, new_dir)
+        if workers is not None:
+            changes["workers"] = workers
         return attr.evolve(self, **changes)
 
 
@@ -1248,7 +1342,7 @@ class _Loader:
                 try:
                     typed[key] = parse_value(text)
                 except ValueError as e:
-                    if key == "apikey":
+                    if key in ("apikey", "admin_apikey"):
                         raise self._error(
                             section,
                             key,
@@ -1325,6 +1419,9 @@ class _Loader:
         listen, origin = self.listeners()
         values = {key.field: self.read(key.section, key.name) for key in KEYS if not key.listener}
         values["documents"] = self.documents(values["documents"])
+        for name in ("apikey", "admin_apikey"):
+            values[name] = self.keys("auth", name, values[name])
+        self.check_client_ca(values["client_auth"], values["client_ca"])
         return Settings(
             path=self.path,
             listen=listen,
@@ -1375,6 +1472,37 @@ class _Loader:
             (f"ssl:{description}:privateKey={keys[0]}:certKey={keys[1]}",),
             "[SSL] keyfile",
         )
+
+    def keys(self, section: str, name: str, value: Any) -> KeySet | None:
+        """
+        The keys of C{[section] name}, every form read now (a C{file:}
+        against the config file's directory).
+        """
+        try:
+            return parse_keys(value, self.base_dir)
+        except ValueError as e:
+            raise self._error(section, name, str(e)) from None
+
+    def check_client_ca(self, client_auth: str, client_ca: str | None) -> None:
+        """
+        Client certificates need a CA to verify them against, and the CA
+        file must hold a PEM certificate that can be read now.
+        """
+        if client_ca is None:
+            if client_auth != "none":
+                raise self._error(
+                    "tls", "client_auth", f"{client_auth} needs [tls] client_ca (a PEM CA file)"
+                )
+            return
+        try:
+            with open(client_ca, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise self._error(
+                "tls", "client_ca", f"cannot read {client_ca}: {e.strerror or e}"
+            ) from None
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise self._error("tls", "client_ca", f"{client_ca} holds no PEM certificate")
 
     def documents(self, trees: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         """
@@ -1472,15 +1600,24 @@ def _plugin_params(path: str, name: str, text: str, plugins_dir: str) -> dict[st
         # The INI is the more specific place: its params win.
         params = {**from_file, **params}
 
+    if "apikey" in params:
+        try:
+            params["apikey"] = parse_keys(params["apikey"], os.path.dirname(path))
+        except ValueError as e:
+            raise fail(f"apikey: {e}") from None
     if "auth" in params:
         auth = params["auth"]
         if not isinstance(auth, str) or auth.strip().lower() not in _AUTH_MODES:
-            raise fail(f"auth must be global, plugin or none, found {auth!r}")
+            raise fail(f"auth must be global, plugin, none or cert, found {auth!r}")
         params["auth"] = auth = auth.strip().lower()
-        if auth == "plugin":
-            apikey = params.get("apikey")
-            if not isinstance(apikey, str) or not apikey:
-                raise fail("auth=plugin needs a non-empty apikey")
+        if auth == "plugin" and not params.get("apikey"):
+            raise fail("auth=plugin needs a non-empty apikey")
+    for param, coerce in (("rate", _rate), ("burst", _integer(0))):
+        if param in params:
+            try:
+                params[param] = coerce(params[param], str(params[param]))
+            except ValueError as e:
+                raise fail(f"{param}: {e}") from None
     return params
 
 

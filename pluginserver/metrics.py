@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -51,17 +52,24 @@ class Metrics:
 
     @param generations: gives the serving generation of each plugin, by
         name, when scraped.
+    @param process: also expose this process's CPU, memory and file
+        descriptors (prometheus_client's process collector).
+
+    @ivar extra: gives more metric families to expose after these (the
+        supervisor of worker processes adds its own).
     """
 
-    def __init__(self, generations: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, generations: Callable[[], Mapping[str, int]], process: bool = True) -> None:
         self._generations = generations
         self._requests: dict[tuple[str, int], int] = {}
         self._durations: dict[str, _Histogram] = {}
         self._reloads: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._errors: defaultdict[str, int] = defaultdict(int)
+        self.extra: Callable[[], Iterable[Metric]] = tuple
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        ProcessCollector(registry=self.registry)
+        if process:
+            ProcessCollector(registry=self.registry)
 
     # -- counting (hot path) ---------------------------------------------------
 
@@ -96,6 +104,41 @@ class Metrics:
         reloads = self._reloads
         reloads[plugin, "success" if success else "failure"] += 1
         reloads[plugin, "failure" if success else "success"] += 0
+
+    # -- several processes ----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        Every count, JSON-ready, for L{add} in another process (the
+        supervisor of worker processes adds up its workers').
+        """
+        return {
+            "requests": [[route, status, n] for (route, status), n in self._requests.items()],
+            "durations": [[route, h.counts, h.total] for route, h in self._durations.items()],
+            "reloads": [[plugin, result, n] for (plugin, result), n in self._reloads.items()],
+            "errors": dict(self._errors),
+            "generations": dict(self._generations()),
+        }
+
+    def add(self, snapshot: Mapping[str, Any]) -> None:
+        """
+        Add the counts of a L{snapshot} to these: requests, durations and
+        errors add up; reload counts and generations, which every worker
+        has alike (they reload together), take the highest.
+        """
+        requests = self._requests
+        for route, status, n in snapshot["requests"]:
+            requests[route, status] = requests.get((route, status), 0) + n
+        for route, counts, total in snapshot["durations"]:
+            histogram = self._durations.get(route)
+            if histogram is None:
+                histogram = self._durations[route] = _Histogram()
+            histogram.counts = [a + b for a, b in zip(histogram.counts, counts, strict=True)]
+            histogram.total += total
+        for plugin, result, n in snapshot["reloads"]:
+            self._reloads[plugin, result] = max(self._reloads[plugin, result], n)
+        for plugin, n in snapshot["errors"].items():
+            self._errors[plugin] += n
 
     # -- exposition ----------------------------------------------------------------
 
@@ -155,6 +198,7 @@ class Metrics:
         for plugin, number in sorted(self._generations().items()):
             generation.add_metric([plugin], number)
         yield generation
+        yield from self.extra()
 
     def exposition(self) -> bytes:
         """

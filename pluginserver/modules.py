@@ -15,7 +15,10 @@ operation of L{PluginModules}: L{PluginModules.snapshot} notes what a failure
 must put back; L{PluginModules.prepare} runs the new source in a scratch
 module (and, on a reload, rebuilds the live module) in the import thread;
 L{PluginModules.go_live} makes the result the served module;
-L{PluginModules.restore} undoes the lot when anything fails.
+L{PluginModules.restore} undoes the lot when anything fails.  The prepare
+step is also there in its two halves, L{PluginModules.try_source} (the
+scratch run alone) and L{PluginModules.finish} (the rebuild), for reloads
+that several worker processes each try before any of them swaps.
 
 Module bodies run in the import thread, never on the reactor thread: a module
 that takes seconds to import does not hold up the requests of other plugins.
@@ -331,6 +334,19 @@ class Snapshot:
 
 
 @attr.s(auto_attribs=True, frozen=True)
+class Tried:
+    """
+    A plugin's source run in a scratch module (L{PluginModules.try_source}):
+    the module, the name of its plugin class and the hash of the source.
+    """
+
+    stem: str
+    module: types.ModuleType
+    className: str
+    digest: str
+
+
+@attr.s(auto_attribs=True, frozen=True)
 class Prepared:
     """
     What the import thread made of a plugin's source: the module to serve
@@ -475,19 +491,38 @@ class PluginModules:
 
     def _prepare(self, snapshot: Snapshot) -> Prepared:
         """
-        L{prepare}'s work, in the import thread.
+        L{prepare}'s work, in the import thread: L{_tried}, then
+        L{_finish}.
         """
-        stem, live = snapshot.stem, snapshot.live
-        fullname, path = self.fullname(stem), self.path(stem)
-        scratch, digest = self._scratch(fullname, path)
+        return self._finish(snapshot, self._tried(snapshot.stem), strict=False)
+
+    def _tried(self, stem: str) -> Tried:
+        """
+        Compile and run C{stem}'s source in a scratch module and find its
+        plugin class, making nothing live.  In the import thread.
+        """
+        scratch, digest = self._scratch(self.fullname(stem), self.path(stem))
         # Refuse a module without a plugin before it goes live.  The class
         # is found by its name in the new source: a reloaded module keeps
         # the names the new source no longer defines.
-        className = plugin_class(scratch).__name__
+        return Tried(stem, scratch, plugin_class(scratch).__name__, digest)
+
+    def _finish(self, snapshot: Snapshot, tried: Tried, strict: bool) -> Prepared:
+        """
+        Bring the live module up to the source L{_tried} ran: on a first
+        load the scratch module itself, on a reload a rebuild of the live
+        module.  In the import thread.
+
+        @param strict: fail when the rebuild ran another source than the
+            one tried (the file changed in between), rather than go on
+            with it.
+        """
+        stem, live = snapshot.stem, snapshot.live
+        fullname, path = self.fullname(stem), self.path(stem)
         if live is None:
             # First load: the checked scratch module becomes the live one
             # (on the reactor thread, in go_live), so the body runs once.
-            return Prepared(stem, scratch, className, digest, first=True)
+            return Prepared(stem, tried.module, tried.className, tried.digest, first=True)
         snapshot.rebuilt = True
         try:
             self._rebuild(live, path)
@@ -496,7 +531,28 @@ class PluginModules:
                 # rebuild moved the serving instance to the new class; it
                 # must keep running its own code until it is replaced.
                 snapshot.serving.__class__ = snapshot.servingClass
-        return Prepared(stem, live, className, self.hashes.get(fullname) or digest, first=False)
+        digest = self.hashes.get(fullname) or tried.digest
+        if strict and digest != tried.digest:
+            raise PluginLoadError(f"{os.path.basename(path)} changed while it was reloaded")
+        return Prepared(stem, live, tried.className, digest, first=False)
+
+    def try_source(self, stem: str) -> defer.Deferred[Tried]:
+        """
+        The first half of L{prepare}, alone: compile and run C{stem}'s
+        current source in a scratch module, in the import thread, making
+        nothing live (so nothing needs restoring when it fails).  Fails with
+        L{PluginLoadError}.
+        """
+        return self._inThread(self._tried, stem)
+
+    def finish(self, snapshot: Snapshot, tried: Tried) -> defer.Deferred[Prepared]:
+        """
+        The second half of L{prepare}, alone: bring C{snapshot.stem}'s live
+        module up to the source C{tried} ran (see L{_finish}; strict: a
+        file changed since it was tried fails).  Fails with
+        L{PluginLoadError}; then call L{restore}.
+        """
+        return self._inThread(self._finish, snapshot, tried, True)
 
     def go_live(self, prepared: Prepared) -> type[Plugin]:
         """

@@ -103,6 +103,9 @@ class PluginRequest:
     @ivar body: the raw request body.
     @ivar files: the file fields of a multipart form, by field name: each
         an L{UploadedFile} (its content is also in C{args}, as before).
+    @ivar client_cert: the client's verified TLS certificate, or L{None}:
+        C{{"subject": {"CN": ...}, "issuer": {...}, "serial": "hex",
+        "not_after": "ISO 8601", "sha256": "hex"}}.
     """
 
     method: str
@@ -113,6 +116,7 @@ class PluginRequest:
     client: str = ""
     body: bytes = b""
     files: Mapping[str, UploadedFile] = attr.Factory(dict)
+    client_cert: Mapping[str, Any] | None = None
 
 
 class RawJSON(bytes):

@@ -21,6 +21,12 @@ the live module back as it was.  The module body runs in the import thread;
 everything else runs on the reactor thread.  Loads are serialised by one
 lock; requests are not.
 
+A reload may also be made in two steps (L{PluginRegistry.prepare_reload},
+then L{PluginRegistry.commit_reload} or L{PluginRegistry.abort_reload}):
+every new source runs in a scratch module first, nothing that serves
+changing, and the swaps come only at the commit.  Worker processes use it
+(L{pluginserver.workers}) so that a reload swaps in every worker or in none.
+
 Whatever a plugin raises (any L{BaseException}: C{sys.exit()},
 C{KeyboardInterrupt}, ...) in its module body, C{__init__}, C{start()} or
 C{stop()} fails that plugin alone.
@@ -46,10 +52,12 @@ from twisted.python.threadpool import ThreadPool
 from pluginserver import coroutines
 from pluginserver.config import RESERVED_ROUTES, ROUTE_NAME
 from pluginserver.declared import Declared, check_declaration
+from pluginserver.keys import KeySet, as_keys
 from pluginserver.modules import (
     HelperLoadError,
     PluginLoadError,
     PluginModules,
+    Tried,
     describe_error,
     describe_failure,
 )
@@ -61,6 +69,7 @@ __all__ = [
     "DirectoryError",
     "HelperLoadError",
     "LoadedPlugin",
+    "PendingReload",
     "PluginLoadError",
     "PluginRegistry",
     "ReloadOutcome",
@@ -147,7 +156,7 @@ class LoadedPlugin:
     blocking: bool
     source_hash: str
     auth_mode: str = "global"
-    own_key: str | None = None
+    own_key: KeySet | None = None
     declared: Declared | None = None
     """The plugin's checked C{args} declaration; L{None} when it has none."""
 
@@ -196,6 +205,60 @@ class ReloadReport:
     added: list[str]
     removed: list[str]
     failed: dict[str, str]
+
+
+@attr.s(auto_attribs=True, eq=False)
+class PendingReload:
+    """
+    A reload split in two (L{PluginRegistry.prepare_reload}, then
+    L{PluginRegistry.commit_reload} or L{PluginRegistry.abort_reload}), so
+    that several processes can each prepare it before any of them swaps:
+    once prepared, every new source has run in a scratch module and
+    nothing that serves has changed.  The registry's lock is held from the
+    prepare to the commit or abort.
+
+    @ivar name: the plugin asked for (route name or file stem), or L{None}
+        for the whole directory.
+    @ivar tried: the plugin files to load or reload at commit, by stem,
+        each with its source as run in a scratch module.
+    @ivar current: the generation serving each of those stems now
+        (L{None}: none), so that the caller may number the next one.
+    @ivar removed: the plugins to unload at commit (their file is gone).
+    @ivar failed: what will not be (re)loaded, by plugin name (or helper
+        file, or L{DIRECTORY_KEY}), with its error; it keeps its state.
+    @ivar outcome: for one plugin, the outcome already known when nothing
+        is to be done at commit (the directory could not be read, or its
+        source failed).
+    """
+
+    name: str | None
+    everything: bool
+    params: tuple[Mapping[str, Mapping[str, Any]], Any]
+    tried: dict[str, Tried] = attr.ib(factory=dict)
+    current: dict[str, int | None] = attr.ib(factory=dict)
+    removed: list[LoadedPlugin] = attr.ib(factory=list)
+    failed: dict[str, str] = attr.ib(factory=dict)
+    outcome: ReloadOutcome | None = None
+    prepared: bool = False
+    aborted: bool = False
+    locked: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """
+        Whether committing would change anything: for one plugin, that its
+        source ran (or its file was removed, which unloads it); for the
+        directory, always (unless it could not be read).
+        """
+        if self.name is not None:
+            return self.outcome is None
+        return DIRECTORY_KEY not in self.failed
+
+
+class _AbortedError(Exception):
+    """
+    A reload being prepared was aborted meanwhile.
+    """
 
 
 def _maybe_async(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
@@ -285,6 +348,16 @@ class PluginRegistry:
         self._byName: dict[str, LoadedPlugin] = {}
         self._lock = defer.DeferredLock()
         self._modules = PluginModules(package, self.directory, reactor, threadpool)
+        self.stamp: Callable[[str, LoadedPlugin | None], tuple[int, float] | None] = (
+            lambda stem, previous: None
+        )
+        """
+        Gives the number and load time of the next generation of the plugin
+        in C{stem}.py (replacing C{previous}, or L{None}), or L{None} for
+        the usual ones (the next number, from 1; the clock).  A worker
+        process sets it so that every worker numbers its generations alike.
+        """
+        self._pending: PendingReload | None = None
 
     # -- lookups (hot path) ---------------------------------------------
 
@@ -404,17 +477,26 @@ class PluginRegistry:
         return self._modules.refresh_helpers({p.stem for p in self._byName.values()})
 
     @defer.inlineCallbacks
-    def _load(self, stem: str) -> Generator[defer.Deferred[Any], Any, LoadedPlugin]:
+    def _load(
+        self, stem: str, tried: Tried | None = None
+    ) -> Generator[defer.Deferred[Any], Any, LoadedPlugin]:
         """
         Load or reload C{stem}: a new generation, started and swapped in,
         or L{PluginLoadError} with the old generation untouched.  The module
         body runs in the import thread (L{PluginModules.prepare});
         everything after it runs here, on the reactor thread.
+
+        @param tried: the new source already run in a scratch module (by
+            L{prepare_reload}); then only the rest of the load is done
+            (L{PluginModules.finish}).
         """
         previous = self._byStem(stem)
         snapshot = self._modules.snapshot(stem, previous.instance if previous else None)
         try:
-            prepared = yield self._modules.prepare(snapshot)
+            if tried is None:
+                prepared = yield self._modules.prepare(snapshot)
+            else:
+                prepared = yield self._modules.finish(snapshot, tried)
             cls = self._modules.go_live(prepared)
             name = self._claimRoute(stem, route_name(cls, stem))
             declared = _declaration(cls)
@@ -507,13 +589,17 @@ class PluginRegistry:
         methods = {m.upper() for m in cls.methods}
         if "GET" in methods:
             methods.add("HEAD")
+        generation, loadedAt = self.stamp(stem, previous) or (
+            (previous.generation + 1) if previous else 1,
+            self._clock(),
+        )
         return LoadedPlugin(
             name=name,
             stem=stem,
             module=self._modules.fullname(stem),
             file=self._modules.path(stem),
-            generation=(previous.generation + 1) if previous else 1,
-            loaded_at=self._clock(),
+            generation=generation,
+            loaded_at=loadedAt,
             instance=instance,
             params=params,
             handle=instance.handle,
@@ -522,9 +608,7 @@ class PluginRegistry:
             blocking=bool(cls.blocking),
             source_hash=digest,
             auth_mode=str(params.get("auth", "global")),
-            own_key=(str(params.get("apikey") or "") or None)
-            if params.get("auth") == "plugin"
-            else None,
+            own_key=as_keys(params.get("apikey")) if params.get("auth") == "plugin" else None,
             declared=declared,
         )
 
@@ -753,6 +837,242 @@ class PluginRegistry:
         if self._paramsFor(current.stem, current.name) != current.params:
             return True
         return self._modules.hashes.changed(current.module, current.file)
+
+    # -- reloads in two steps (worker processes) ------------------------------
+
+    @defer.inlineCallbacks
+    def prepare_reload(
+        self,
+        name: str | None = None,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+        config: Any = None,
+        everything: bool = False,
+    ) -> Generator[defer.Deferred[Any], Any, PendingReload]:
+        """
+        The first step of a reload made in two: what L{reload} (one plugin,
+        by C{name}) or L{reload_all} (C{name} L{None}; C{params}, C{config}
+        and C{everything} as there) would do up to the swap, without
+        changing what serves: find what to load and unload, bring changed
+        helper modules up to date (as any reload does first), and run each
+        new plugin source in a scratch module (in the import thread).  A
+        source that fails is logged and counted as a failed load, as in
+        L{reload}.
+
+        The registry's lock is held until L{commit_reload} or
+        L{abort_reload}.  Fails with L{KeyError} when there is no plugin
+        C{name} (and releases the lock).
+        """
+        pending = PendingReload(name, everything, (self._params, self._config))
+        self._pending = pending
+        yield self._lock.acquire()
+        pending.locked = True
+        if pending.aborted:  # aborted while it waited for the lock
+            self._release(pending)
+            raise _AbortedError()
+        try:
+            if name is None:
+                yield self._prepareAll(pending, params, config)
+            else:
+                yield self._prepareOne(pending, name)
+        except BaseException:
+            if not pending.aborted:  # else abort_reload put them back already
+                self._restoreParams(pending)
+            self._release(pending)
+            raise
+        pending.prepared = True
+        return pending
+
+    def _release(self, pending: PendingReload) -> None:
+        if pending.locked:
+            pending.locked = False
+            self._lock.release()
+        if self._pending is pending:
+            self._pending = None
+
+    def _restoreParams(self, pending: PendingReload) -> None:
+        self._params, self._config = pending.params
+
+    def _checkAborted(self, pending: PendingReload) -> None:
+        if pending.aborted:
+            raise _AbortedError()
+
+    @defer.inlineCallbacks
+    def _prepareOne(
+        self, pending: PendingReload, name: str
+    ) -> Generator[defer.Deferred[Any], Any, None]:
+        # What _reloadOne decides before its load, in the same order.
+        current = self._byName.get(name) or self._byStem(name)
+        stem = current.stem if current else name
+        path = self._modules.path(stem)
+        try:
+            if current is None:
+                if stem not in self.discover() or not os.path.isfile(path):
+                    raise KeyError(name)
+            else:
+                self._listDirectory()
+        except DirectoryError as e:
+            if current is None:
+                raise KeyError(name) from None
+            error = self._failed(stem, f"{DIRECTORY_KEY} {e}")
+            pending.outcome = ReloadOutcome(current.name, False, current.generation, error)
+            return
+        if current is not None and not os.path.isfile(path):
+            pending.removed.append(current)
+            return
+        pending.current[stem] = current.generation if current else None
+        try:
+            yield self._refreshHelpers()
+            self._checkAborted(pending)
+            pending.tried[stem] = yield self._modules.try_source(stem)
+        except PluginLoadError as e:
+            error = self._failed(stem, str(e))
+            pending.outcome = ReloadOutcome(
+                current.name if current else name,
+                False,
+                current.generation if current else None,
+                error,
+            )
+        self._checkAborted(pending)
+
+    @defer.inlineCallbacks
+    def _prepareAll(
+        self,
+        pending: PendingReload,
+        params: Mapping[str, Mapping[str, Any]] | None,
+        config: Any,
+    ) -> Generator[defer.Deferred[Any], Any, None]:
+        # What _reloadAll decides before its loads, in the same order.
+        oldParams = self._params
+        configChanged = pending.everything or (config is not None and config != self._config)
+        if params is not None:
+            self._params = params
+        if config is not None:
+            self._config = config
+        try:
+            stems = self.discover()
+        except DirectoryError as e:
+            log.error(
+                "Plugins directory cannot be read, every plugin keeps serving: {error}",
+                error=str(e),
+            )
+            pending.failed[DIRECTORY_KEY] = str(e)
+            return
+        pending.removed = [p for p in self._byName.values() if p.stem not in stems]
+        try:
+            changedHelpers: list[str] = yield self._refreshHelpers()
+            helpersChanged = bool(changedHelpers)
+        except HelperLoadError as e:
+            pending.failed[e.helper] = str(e)
+            log.error("{error}", error=str(e))
+            helpersChanged = False
+        for stem in stems:
+            self._checkAborted(pending)
+            current = self._byStem(stem)
+            if current is not None and not self._needsReload(
+                current, oldParams, helpersChanged or configChanged
+            ):
+                continue
+            pending.current[stem] = current.generation if current else None
+            try:
+                pending.tried[stem] = yield self._modules.try_source(stem)
+            except PluginLoadError as e:
+                pending.failed[current.name if current else stem] = self._failed(stem, str(e))
+        self._checkAborted(pending)
+
+    @defer.inlineCallbacks
+    def commit_reload(
+        self, skip: Mapping[str, str] | None = None
+    ) -> Generator[defer.Deferred[Any], Any, ReloadOutcome | ReloadReport]:
+        """
+        The second step of the reload L{prepare_reload} prepared: unload
+        what is gone, then for each tried source rebuild the live module,
+        make the instance, start it and swap it in, as L{reload} or
+        L{reload_all} would (a step that fails leaves that plugin's old
+        generation serving, as there; a file changed since it was tried
+        fails).  Fires with their answer: a L{ReloadOutcome} for one
+        plugin, a L{ReloadReport} for the directory.  Releases the lock.
+
+        @param skip: plugin files (by stem) not to load after all, with the
+            reason (their source failed in another process): each is
+            reported failed with it.
+        @raise RuntimeError: nothing is prepared.
+        """
+        pending = self._pending
+        if pending is None or not pending.prepared or pending.aborted:
+            raise RuntimeError("no reload is prepared")
+        skip = skip or {}
+        try:
+            if pending.name is not None:
+                result: ReloadOutcome | ReloadReport = yield self._commitOne(pending, skip)
+            else:
+                result = yield self._commitAll(pending, skip)
+        finally:
+            self._release(pending)
+        return result
+
+    @defer.inlineCallbacks
+    def _commitOne(
+        self, pending: PendingReload, skip: Mapping[str, str]
+    ) -> Generator[defer.Deferred[Any], Any, ReloadOutcome]:
+        if pending.outcome is not None:
+            return pending.outcome
+        if pending.removed:
+            gone = pending.removed[0]
+            yield self._unload(gone)
+            return ReloadOutcome(gone.name, False, None, "plugin file was removed")
+        ((stem, tried),) = pending.tried.items()
+        current = self._byStem(stem)
+        name = current.name if current else stem
+        generation = current.generation if current else None
+        if stem in skip:
+            return ReloadOutcome(name, False, generation, skip[stem])
+        try:
+            loaded: LoadedPlugin = yield self._load(stem, tried)
+        except PluginLoadError as e:
+            return ReloadOutcome(name, False, generation, self._failed(stem, str(e)))
+        return ReloadOutcome(loaded.name, True, loaded.generation)
+
+    @defer.inlineCallbacks
+    def _commitAll(
+        self, pending: PendingReload, skip: Mapping[str, str]
+    ) -> Generator[defer.Deferred[Any], Any, ReloadReport]:
+        failed = dict(pending.failed)
+        if DIRECTORY_KEY in failed:
+            return ReloadReport(sorted(self._byName), [], [], failed)
+        added: list[str] = []
+        removed: list[str] = []
+        for loaded in pending.removed:
+            if self._byName.get(loaded.name) is loaded:
+                yield self._unload(loaded)
+                removed.append(loaded.name)
+        for stem, tried in pending.tried.items():
+            current = self._byStem(stem)
+            key = current.name if current else stem
+            if stem in skip:
+                failed[key] = skip[stem]
+                continue
+            try:
+                loaded = yield self._load(stem, tried)
+            except PluginLoadError as e:
+                failed[key] = self._failed(stem, str(e))
+                continue
+            if current is None:
+                added.append(loaded.name)
+        return ReloadReport(sorted(self._byName), added, removed, failed)
+
+    def abort_reload(self) -> None:
+        """
+        Drop the reload L{prepare_reload} prepared (or is preparing: it then
+        stops at its next step and fails), changing nothing more and
+        releasing the lock at once.  Helper modules already brought up to
+        date stay so, as after any reload whose plugins failed.
+        """
+        pending = self._pending
+        if pending is None:
+            return
+        pending.aborted = True
+        self._restoreParams(pending)
+        self._release(pending)
 
     def check_all(self) -> dict[str, tuple[str | None, str | None]]:
         """

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_security -*-
 """
-Who may ask what: API keys, the CORS origin allow-list, the client-address
-allow-list (with trusted proxies) and the Host-header allow-list.
+Who may ask what: API keys (the global key, the admin key of the utility
+routes), the CORS origin allow-list, the client-address allow-list (with
+trusted proxies) and the Host-header allow-list.  Keys are kept as digests
+(L{pluginserver.keys}); rate limits are in L{pluginserver.ratelimit}.
 
 This module decides; the web layer asks it and answers.  It works on plain
 values (bytes from the wire, strings from the settings) so it can be tested
@@ -11,33 +13,29 @@ without a request.
 from __future__ import annotations
 
 import functools
-import hmac
 import ipaddress
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attr
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from twisted.logger import Logger
 
 from pluginserver.config import Settings
+from pluginserver.keys import KeySet
 
 if TYPE_CHECKING:
     from twisted.web.http_headers import Headers
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+audit = Logger(namespace="pluginserver.audit")
+"""The audit log: one event per reload, who asked and how it went."""
+
 PREFLIGHT_HEADERS = b"Authorization, Content-Type, X-API-Key, X-Custom-Auth"
 PREFLIGHT_MAX_AGE = b"600"
 WWW_AUTHENTICATE = b'Bearer realm="pluginserver"'
-
-
-def keys_match(given: str | None, expected: str) -> bool:
-    """
-    Compare a presented key with the expected one in constant time (for
-    keys of the same length), so timing does not reveal how much matched.
-    """
-    if given is None:
-        return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
 def find_key(
@@ -121,9 +119,17 @@ class CORSDecision:
 class SecurityPolicy:
     """
     The security settings, in the form the request path uses them.
+
+    @ivar apikey: the global key(s), or L{None}.
+    @ivar admin: the admin key(s) of the utility routes, or L{None}.
+    @ivar global_keys: what a route that needs the global key accepts: the
+        global keys and the admin keys; L{None} when there is no global key.
+    @ivar utility_keys: what the utility routes accept: the admin keys when
+        there are, else the global keys; L{None} when neither is set.
     """
 
-    apikey: str | None = None
+    apikey: KeySet | None = None
+    admin: KeySet | None = None
     allow_query_key: bool = False
     cors_enabled: bool = False
     cors_any: bool = False
@@ -132,12 +138,23 @@ class SecurityPolicy:
     trusted_proxies: tuple[Network, ...] = ()
     allowed_hosts: frozenset[str] | None = None
     _hosts: dict[bytes, bool] = attr.ib(factory=dict, eq=False, repr=False, init=False)
+    global_keys: KeySet | None = attr.ib(default=None, init=False, eq=False)
+    utility_keys: KeySet | None = attr.ib(default=None, init=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Made once here, not on every request.
+        both = self.apikey + self.admin if self.apikey and self.admin else self.apikey
+        object.__setattr__(self, "global_keys", both)
+        object.__setattr__(
+            self, "utility_keys", self.admin if self.admin is not None else self.apikey
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecurityPolicy:
         origins = tuple(settings.cors_origins)
         return cls(
             apikey=settings.apikey or None,
+            admin=settings.admin_apikey or None,
             allow_query_key=settings.allow_query_key,
             cors_enabled=settings.cors_enabled,
             cors_any=origins == ("*",),
@@ -265,3 +282,85 @@ def preflight_headers(methods: Iterable[str]) -> tuple[tuple[bytes, bytes], ...]
         (b"access-control-allow-headers", PREFLIGHT_HEADERS),
         (b"access-control-max-age", PREFLIGHT_MAX_AGE),
     )
+
+
+def audit_reload(
+    client: str,
+    key_id: str | None,
+    target: str,
+    success: bool,
+    failed: Mapping[str, str] | None = None,
+    worker: int | None = None,
+) -> None:
+    """
+    Log one reload in the audit log (namespace C{pluginserver.audit}): who
+    asked, with which key, what and how it went.  Every reload is logged
+    here: by route, by SIGHUP, and (in worker processes) by each worker.
+
+    @param client: the client address after the trusted-proxy rule, or
+        C{"signal"} for SIGHUP.
+    @param key_id: the id of the key it came with (the first 8 hex digits
+        of the key's SHA-256, L{pluginserver.keys.key_id}), or L{None} when
+        none was needed: never the key.
+    @param target: C{"all"} or the plugin's name.
+    @param success: whether everything reloaded.
+    @param failed: what failed, with its error.
+    @param worker: the worker that reloaded, when there are workers.
+    """
+    audit.info(
+        "Audit: reload {target} by {client} (key {key}){where}: {outcome}",
+        audit="reload",
+        target=target,
+        client=client,
+        key=key_id or "none",
+        key_id=key_id,
+        where="" if worker is None else f" in worker {worker}",
+        worker=worker,
+        success=success,
+        failed=dict(failed or {}),
+        outcome="ok" if success else "failed " + ", ".join(sorted(failed or {})),
+    )
+
+
+_CERT_CACHE = "_pluginserver_client_cert"
+
+
+def client_certificate(transport: Any) -> Mapping[str, Any] | None:
+    """
+    The verified client certificate of a TLS connection, in the shape
+    plugins see as C{request.client_cert}, or L{None} (no TLS, or no
+    certificate: the handshake verified any that was sent).  Worked out
+    once per connection.
+    """
+    cached: Mapping[str, Any] | bool | None = getattr(transport, _CERT_CACHE, False)
+    if cached is not False and not isinstance(cached, bool):
+        return cached
+    if cached is None:
+        return None
+    getPeer = getattr(transport, "getPeerCertificate", None)
+    peer = getPeer() if getPeer is not None else None
+    described = describe_certificate(peer.to_cryptography()) if peer is not None else None
+    try:
+        setattr(transport, _CERT_CACHE, described)
+    except AttributeError:
+        pass
+    return described
+
+
+def _name(name: x509.Name) -> dict[str, str]:
+    return {a.rfc4514_attribute_name: str(a.value) for a in name}
+
+
+def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
+    """
+    A certificate as C{request.client_cert} shows it: subject and issuer
+    (by attribute short name: C{CN}, C{O}, ...), serial number (hex),
+    expiry (ISO 8601, UTC) and SHA-256 fingerprint (hex).
+    """
+    return {
+        "subject": _name(cert.subject),
+        "issuer": _name(cert.issuer),
+        "serial": format(cert.serial_number, "X"),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": cert.fingerprint(hashes.SHA256()).hex(),
+    }

@@ -39,8 +39,16 @@ from pluginserver.config import ConfigError, Settings
 from pluginserver.metrics import Metrics
 from pluginserver.notify import notify_systemd
 from pluginserver.registry import PluginRegistry, ReloadReport
+from pluginserver.security import audit_reload
 from pluginserver.site import PluginServerSite
-from pluginserver.tls import TLSConfigError, load_context_factory, tls_endpoint
+from pluginserver.tls import (
+    NO_CLIENT_AUTH,
+    ClientAuth,
+    SwappableContextFactory,
+    TLSConfigError,
+    load_context_factory,
+    tls_endpoint,
+)
 from pluginserver.transport import batch_writes
 from pluginserver.web import PluginServerResource
 
@@ -72,16 +80,29 @@ class Listener(Service):
     it; it accepts connections only once told the server is ready.
     """
 
-    def __init__(self, description: str, origin: str, reactor: Any, factory: Site) -> None:
+    def __init__(
+        self,
+        description: str,
+        origin: str,
+        reactor: Any,
+        factory: Site,
+        client: ClientAuth = NO_CLIENT_AUTH,
+        endpoint: tuple[Any, SwappableContextFactory | None] | None = None,
+    ) -> None:
         """
         @param description: the Twisted endpoint string.
         @param origin: where it was configured, for messages.
         @param factory: the site it serves.
+        @param client: the client certificates a TLS listener asks for.
+        @param endpoint: the endpoint to listen with and its swappable TLS
+            context factory (L{None} for plain HTTP), when it is not the
+            one C{description} makes (a worker process adopts a socket its
+            supervisor bound: L{pluginserver.workers}).
         """
-        endpoint, self.tls = tls_endpoint(reactor, description)
+        made, self.tls = endpoint or tls_endpoint(reactor, description, client)
         # An IStreamServerEndpoint (typed loosely: mypy cannot call a zope
         # Interface's methods without the mypy-zope plugin).
-        self.endpoint: Any = endpoint
+        self.endpoint: Any = made
         self.description = description
         self.origin = origin
         self._factory = factory
@@ -91,14 +112,14 @@ class Listener(Service):
         # Interface's methods without the mypy-zope plugin).
         self.port: Any = None
 
-    def reload_certificate(self) -> None:
+    def reload_certificate(self, client: ClientAuth = NO_CLIENT_AUTH) -> None:
         """
-        Read this TLS listener's key and certificate again; new connections
-        get the new pair.  Raises L{TLSConfigError} and keeps the old pair
-        when the new one does not load.
+        Read this TLS listener's key and certificate (and the client CA)
+        again; new connections get the new pair.  Raises L{TLSConfigError}
+        and keeps the old pair when the new one does not load.
         """
         if self.tls is not None:
-            self.tls.current = load_context_factory(self._reactor, self.description)
+            self.tls.current = load_context_factory(self._reactor, self.description, client)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -138,6 +159,26 @@ class Listener(Service):
             return None
         stopped: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
         return stopped
+
+
+def privileged_start(service: MultiService, exitOnListenError: bool) -> None:
+    """
+    C{service}'s C{privilegedStartService}, which binds its L{Listener}
+    children; when one cannot listen, close those that did and stop
+    start-up with one line (L{SystemExit} when C{exitOnListenError}, else
+    the L{ListenError}).
+    """
+    try:
+        MultiService.privilegedStartService(service)
+    except ListenError as e:
+        log.critical("Cannot listen on {error}", error=str(e))
+        for listener in service:
+            if isinstance(listener, Listener) and listener.port is not None:
+                listener.port.stopListening()
+                listener.port = None
+        if exitOnListenError:
+            raise SystemExit(f"pluginserver: cannot listen on {e}") from None
+        raise
 
 
 class PluginServerService(MultiService):
@@ -245,19 +286,48 @@ class PluginServerService(MultiService):
         and the rest still reloads.
         """
         failures: dict[str, str] = {}
+        new = self.reread_settings(failures)
+        if new is not None:
+            self.apply_settings(new)
+        self.reload_certificates(failures)
+        report: ReloadReport = yield self._registry.reload_all(
+            self._settings.plugin_params, self._settings, everything
+        )
+        self.log_reload(report)
+        result: tuple[ReloadReport, dict[str, str]] = (report, failures)
+        return result
+
+    def reread_settings(self, failures: dict[str, str]) -> Settings | None:
+        """
+        Read the configuration file again (for a reload); L{None}, with
+        the error under C{failures["config"]} and logged, when it is wrong
+        (the settings in force stay).
+        """
         try:
-            new = self._reloadSettings()
+            return self._reloadSettings()
         except ConfigError as e:
             failures["config"] = str(e)
             log.error("Configuration not reloaded: {error}", error=str(e))
-        else:
-            self._applySettings(new)
-            for warning in new.warnings:
-                log.warn("{warning}", warning=warning)
+            return None
+
+    def apply_settings(self, new: Settings) -> None:
+        """
+        Take re-read settings into use, logging their warnings.
+        """
+        self._applySettings(new)
+        for warning in new.warnings:
+            log.warn("{warning}", warning=warning)
+
+    def reload_certificates(self, failures: dict[str, str]) -> None:
+        """
+        Read every TLS listener's key and certificate again; one that does
+        not load keeps its old pair and its error goes under its listener
+        in C{failures}.
+        """
         for listener in self:
             if isinstance(listener, Listener) and listener.tls is not None:
                 try:
-                    listener.reload_certificate()
+                    listener.reload_certificate(ClientAuth.of(self._settings))
                 except TLSConfigError as e:
                     failures[listener.description] = str(e)
                     log.error(
@@ -268,9 +338,11 @@ class PluginServerService(MultiService):
                     )
                 else:
                     log.info("Certificate of {listener} reloaded", listener=listener.description)
-        report: ReloadReport = yield self._registry.reload_all(
-            self._settings.plugin_params, self._settings, everything
-        )
+
+    def log_reload(self, report: ReloadReport) -> None:
+        """
+        Log the outcome of a reload of every plugin.
+        """
         log.info(
             "Reloaded: {loaded} serving, added {added}, removed {removed}, failed {failed}",
             loaded=len(report.loaded),
@@ -278,8 +350,6 @@ class PluginServerService(MultiService):
             removed=report.removed,
             failed=sorted(report.failed),
         )
-        result: tuple[ReloadReport, dict[str, str]] = (report, failures)
-        return result
 
     def _applySettings(self, new: Settings) -> None:
         old = self._settings
@@ -300,20 +370,7 @@ class PluginServerService(MultiService):
     # -- lifecycle -------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except ListenError as e:
-            log.critical("Cannot listen on {error}", error=str(e))
-            self._stopListeners()
-            if self._exitOnListenError:
-                raise SystemExit(f"pluginserver: cannot listen on {e}") from None
-            raise
-
-    def _stopListeners(self) -> None:
-        for listener in self._listeners():
-            if listener.port is not None:
-                listener.port.stopListening()
-                listener.port = None
+        privileged_start(self, self._exitOnListenError)
 
     def _listeners(self) -> list[Listener]:
         return [service for service in self if isinstance(service, Listener)]
@@ -387,10 +444,16 @@ class PluginServerService(MultiService):
         if callable(self._previousUsr1):
             self._previousUsr1(signum, frame)
 
+    def _auditHup(self, result: tuple[ReloadReport, dict[str, str]]) -> None:
+        report, failures = result
+        failed = {**report.failed, **failures}
+        audit_reload("signal", None, "all", not failed, failed)
+
     def _reloadOnHup(self) -> None:
         log.info("SIGHUP: reloading configuration and every plugin")
         self._notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         d = self.reload_all(everything=True)
+        d.addCallback(self._auditHup)
         d.addErrback(lambda f: log.failure("Reload on SIGHUP failed", f))
         d.addBoth(lambda _: self._notify("READY=1") if not self._stopping else None)
 

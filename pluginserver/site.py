@@ -3,6 +3,10 @@
 The HTTP protocol layer under the resource tree: limits twisted.web does not
 have on its own.
 
+  - The rate limits and the auth-failure limit (L{pluginserver.ratelimit})
+    are asked as soon as a request's head has arrived: a refused request is
+    answered 429 before its body is read (a request with a body is answered
+    and the connection closed, so that no byte of the body is read).
   - A request body larger than C{max_body} is refused with 413 as soon as
     its declared length is known, before any of it is read, and a chunked
     body is cut off with 413 when it passes the limit: memory never grows
@@ -46,10 +50,14 @@ from pluginserver.answers import (
     HEADERS_TOO_LARGE,
     INTERNAL_ERROR,
     TOO_LARGE,
+    TOO_MANY_REQUESTS,
     URI_TOO_LONG,
+    error,
+    too_many_requests,
 )
 from pluginserver.config import Settings
 from pluginserver.metrics import Metrics
+from pluginserver.ratelimit import Limits, retry_after
 
 _NO_METHOD_YET = Request.method  # what a request's method is until it is received
 
@@ -136,11 +144,23 @@ class PluginServerRequest(Request):
     defaultContentType = b"application/json"
     _refused = False
     _received = 0
+    # Seconds to wait, for a request refused by a limit before its body.
+    _limited = 0.0
 
     def gotLength(self, length: int | None) -> None:
-        if length and length > self.channel.site.max_body:
+        site = self.channel.site
+        if length and length > site.max_body:
             self._refuse()
             return
+        limits = site.limits
+        if limits is not None and limits.engaged:
+            wait = limits.admit(self)
+            if wait > 0:
+                self._limited = wait
+                if length or self.requestHeaders.hasHeader(b"transfer-encoding"):
+                    # A body follows: answer now and read none of it.
+                    self._refuse(too_many_requests(retry_after(wait)))
+                    return
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -152,9 +172,10 @@ class PluginServerRequest(Request):
             return
         super().handleContentChunk(data)
 
-    def _refuse(self) -> None:
+    def _refuse(self, response: bytes = TOO_LARGE) -> None:
         """
-        Answer 413 and close the connection; read no more of it.
+        Answer 413 (or C{response}) and close the connection; read no more
+        of it.
         """
         self._refused = True
         if self.content is not None:
@@ -163,7 +184,7 @@ class PluginServerRequest(Request):
         # Twisted would answer "100 Continue" after this: there is nothing
         # to continue.
         self.requestHeaders.removeHeader(b"expect")
-        self.channel.refuse(TOO_LARGE)
+        self.channel.refuse(response)
 
     def process(self) -> None:
         """
@@ -184,10 +205,25 @@ class PluginServerRequest(Request):
         _set_default_headers(self.responseHeaders, site._date)
         self.prepath = []
         self.postpath = []
+        if self._limited:
+            self._tooMany()
+            return
         try:
             self.render(site.resource)
         except BaseException:
             self.processingFailed(Failure())
+
+    def _tooMany(self) -> None:
+        """
+        Answer 429 to a request without a body that a limit refused when
+        its head arrived; the connection stays open.
+        """
+        self.setHeader(b"retry-after", b"%d" % (retry_after(self._limited),))
+        body = error(self, 429, TOO_MANY_REQUESTS)
+        if self.method != b"HEAD":
+            self.setHeader(b"content-length", b"%d" % (len(body),))
+            self.write(body)
+        self.finish()
 
     def processingFailed(self, reason: Failure) -> Failure:
         """
@@ -577,12 +613,16 @@ class PluginServerSite(Site):
     max_body = 1048576
     header_timeout = 10.0
     metrics: Metrics | None = None
+    limits: Limits | None = None
+    """The rate and auth-failure limits, asked before a body is read."""
     # What _openLogFile opens, or twisted.python.log's file: both flush.
     _logFile: _LogFile | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("logFormatter", redacted_log_line)
         super().__init__(*args, **kwargs)
+        # The web resource's limits, when it has some.
+        self.limits = getattr(self.resource, "limits", None)
         self.channels: set[PluginServerChannel] = set()
         # The Date header's value, made at most once a second (by requests).
         self._dateSecond = -1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TextIO, TypeVar
 
 import attr
@@ -25,7 +25,7 @@ from twisted.python import usage
 from twisted.python.logfile import LogFile
 
 from pluginserver.config import ConfigError, Settings, load_settings, misspelt_sections
-from pluginserver.tls import is_tls, listener_problem
+from pluginserver.tls import ClientAuth, is_tls, listener_problem
 from pluginserver.version import version
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     # imported, and this module is imported (by twistd, for the options)
     # before install_reactor runs.
     from pluginserver.service import PluginServerService
+    from pluginserver.workers import Supervisor
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -52,7 +53,7 @@ class Options(usage.Options):
     C{twistd pluginserver} options.
     """
 
-    synopsis = "[--config FILE] [--listen ENDPOINT ...] [--plugins DIR] [--check]"
+    synopsis = "[--config FILE] [--listen ENDPOINT ...] [--plugins DIR] [--workers N] [--check]"
 
     longdesc = (
         "Serves every NAME.py of the plugins directory at /NAME. SIGHUP re-reads "
@@ -70,6 +71,12 @@ class Options(usage.Options):
             "The configuration file (INI), relative to the current directory.",
         ],
         ["plugins", "p", None, "The plugins directory; replaces [paths] plugins."],
+        [
+            "workers",
+            "w",
+            None,
+            "Worker processes (1 to 256) serving the listeners; replaces [server] workers.",
+        ],
     ]
 
     optFlags: ClassVar[list[list[str | None]]] = [
@@ -105,12 +112,49 @@ class Options(usage.Options):
         print(version_line())
         raise SystemExit(0)
 
+    @classmethod
+    def of(cls, command: Mapping[str, Any]) -> Options:
+        """
+        Options as parsed from C{command}'s C{config}, C{listen},
+        C{plugins} and C{workers} (a worker process reads its
+        configuration as its supervisor does).
+        """
+        options = cls()
+        options["config"] = command["config"]
+        options["listen"] = list(command.get("listen") or [])
+        options["plugins"] = command.get("plugins")
+        options["workers"] = command.get("workers")
+        return options
+
     def load(self) -> Settings:
         """
         Read the configuration file with the command line's overrides applied.
         """
         settings = load_settings(self["config"])
-        return settings.with_overrides(listen=self["listen"] or None, plugins_dir=self["plugins"])
+        return settings.with_overrides(
+            listen=self["listen"] or None,
+            plugins_dir=self["plugins"],
+            workers=self.workers(),
+        )
+
+    def workers(self) -> int | None:
+        """
+        C{--workers}, checked, or L{None} when not given.
+
+        @raise ConfigError: it is not a number from 1 to 256.
+        """
+        raw = self["workers"]
+        if raw is None:
+            return None
+        try:
+            workers = int(str(raw).strip())
+        except ValueError:
+            workers = 0
+        if not 1 <= workers <= 256:
+            raise ConfigError(
+                "--workers", None, None, f"expected an integer from 1 to 256, found {raw!r}"
+            )
+        return workers
 
     def postOptions(self) -> None:
         """
@@ -248,7 +292,8 @@ def validate(
                 if known == "paths":
                     problem += f" (note: [{written}] looks like a misspelling of [paths])"
     listeners = tuple(
-        ListenerCheck(d, listener_problem(reactor, d), is_tls(d)) for d in settings.listen
+        ListenerCheck(d, listener_problem(reactor, d, ClientAuth.of(settings)), is_tls(d))
+        for d in settings.listen
     )
     return Validation(settings, origin, problem, listeners)
 
@@ -355,9 +400,10 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(f"pluginserver: {message}")
 
 
-def makeService(options: Options) -> PluginServerService:
+def makeService(options: Options) -> PluginServerService | Supervisor:
     """
-    Build the server from checked options.
+    Build the server from checked options: one process serving, or (with
+    more than one worker) the supervisor of the processes that serve.
     """
     from twisted.internet import reactor
 
@@ -366,6 +412,25 @@ def makeService(options: Options) -> PluginServerService:
     settings: Settings = options["settings"]
     parent: Any | None = getattr(options, "parent", None)
     nodaemon = bool(parent is None or parent.get("nodaemon"))
+    if settings.workers > 1:
+        from pluginserver.workers import Supervisor
+
+        supervisor = Supervisor(
+            settings,
+            reload_settings=options.load,
+            command={
+                "config": os.path.abspath(options["config"]),
+                "listen": options["listen"],
+                "plugins": options["plugins"],
+                "workers": options["workers"],
+            },
+            reactor=reactor,
+            reactor_name=parent.get("reactor") if parent is not None else None,
+            exitOnListenError=nodaemon,
+        )
+        if settings.log_format == "json" and not (parent is not None and parent.get("logger")):
+            supervisor.logObserver = _JSONLogger(parent or {})()
+        return supervisor
     server = PluginServerService(
         settings,
         reload_settings=options.load,
@@ -373,7 +438,9 @@ def makeService(options: Options) -> PluginServerService:
         exitOnListenError=nodaemon,
     )
     for description in settings.listen:
-        Listener(description, settings.listen_source, reactor, server.site).setServiceParent(server)
+        Listener(
+            description, settings.listen_source, reactor, server.site, ClientAuth.of(settings)
+        ).setServiceParent(server)
     if settings.log_format == "json" and not (parent is not None and parent.get("logger")):
         server.logObserver = _JSONLogger(parent or {})()
     return server

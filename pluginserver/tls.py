@@ -16,12 +16,21 @@ new files serves the new certificate to new connections, while connections
 already open keep theirs.  A new pair that does not load (missing file,
 key that does not match the certificate) is refused before the swap, and the
 old one keeps serving.
+
+Client certificates (C{[tls] client_auth}, L{ClientAuth}): every C{ssl:}
+listener's context asks for one (C{optional}) or demands one
+(C{require}), and verifies it against C{client_ca}: a certificate that does
+not verify (another CA, expired) fails the handshake.  The CA is read again
+with the key and certificate, on every reload.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import attr
+from cryptography import x509
+from OpenSSL import SSL, crypto
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEndpoint
 from zope.interface import implementer  # type: ignore[import-untyped]
@@ -79,7 +88,64 @@ class TLSConfigError(Exception):
     """
 
 
-def listener_problem(reactor: Any, description: str) -> str | None:
+@attr.s(frozen=True, auto_attribs=True)
+class ClientAuth:
+    """
+    Client certificates on the C{ssl:} listeners.
+
+    @ivar mode: C{none}, C{optional} (asked for, verified when sent) or
+        C{require} (the handshake fails without one).
+    @ivar ca: the PEM file of the CA certificates that sign them.
+    """
+
+    mode: str = "none"
+    ca: str | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> ClientAuth:
+        """
+        The client-certificate settings of a L{pluginserver.config.Settings}.
+        """
+        return cls(settings.client_auth, settings.client_ca)
+
+    def apply(self, context: SSL.Context) -> None:
+        """
+        Make C{context} ask for client certificates and verify them.
+
+        @raise TLSConfigError: the CA file cannot be used.
+        """
+        if self.mode == "none" or self.ca is None:
+            return
+        try:
+            with open(self.ca, "rb") as f:
+                cas = x509.load_pem_x509_certificates(f.read())
+            context.load_verify_locations(self.ca)
+        except OSError as e:
+            raise TLSConfigError(f"[tls] client_ca: {e.strerror}: {self.ca}") from None
+        except Exception as e:
+            raise TLSConfigError(f"[tls] client_ca: {self.ca}: {describe_tls_error(e)}") from None
+        # The names the server sends in its certificate request, so that a
+        # client holding several certificates picks the right one.
+        context.set_client_ca_list([crypto.X509.from_cryptography(c).get_subject() for c in cas])
+        flags = SSL.VERIFY_PEER
+        if self.mode == "require":
+            flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        context.set_verify(flags, _verified)
+        # Sessions resumed with a client certificate need a context id.
+        context.set_session_id(b"pluginserver")
+
+
+def _verified(connection: Any, certificate: Any, errno: int, depth: int, ok: int) -> bool:
+    # OpenSSL's own verdict, chain and expiry included.
+    return bool(ok)
+
+
+NO_CLIENT_AUTH = ClientAuth()
+
+
+def listener_problem(
+    reactor: Any, description: str, client: ClientAuth = NO_CLIENT_AUTH
+) -> str | None:
     """
     What is wrong with a listener's endpoint string, in words, or L{None}:
     the string is parsed as Twisted will parse it, and for C{ssl:} the key
@@ -87,7 +153,7 @@ def listener_problem(reactor: Any, description: str) -> str | None:
     """
     try:
         if is_tls(description):
-            load_context_factory(reactor, description)
+            load_context_factory(reactor, description, client)
         else:
             server_endpoint(reactor, description)
     except Exception as e:
@@ -141,17 +207,20 @@ def check_description(description: str) -> None:
         )
 
 
-def load_context_factory(reactor: Any, description: str) -> Any:
+def load_context_factory(
+    reactor: Any, description: str, client: ClientAuth = NO_CLIENT_AUTH
+) -> Any:
     """
-    Read the key and certificate of an C{ssl:} endpoint string and build
-    its context now, so that a bad pair is found here and not at the first
-    connection.
+    Read the key and certificate of an C{ssl:} endpoint string (and the
+    client CA) and build its context now, so that a bad pair is found here
+    and not at the first connection.
     """
     check_description(description)
     try:
         endpoint = server_endpoint(reactor, description)
         factory = _contextFactoryOf(endpoint)
-        factory.getContext()
+        # Twisted's factory makes its context once and hands out that one.
+        client.apply(factory.getContext())
     except TLSConfigError:
         raise
     except Exception as e:
@@ -184,12 +253,13 @@ class SwappableContextFactory:
 
 
 def tls_endpoint(
-    reactor: Any, description: str
+    reactor: Any, description: str, client: ClientAuth = NO_CLIENT_AUTH
 ) -> tuple[IStreamServerEndpoint | SSL4ServerEndpoint, SwappableContextFactory | None]:
     """
     The endpoint for C{description} (with L{DEFAULT_BACKLOG} unless it sets
     one); for C{ssl:} endpoints, with a swappable context factory (also
-    returned) in front of its own.
+    returned) in front of its own, asking for client certificates as
+    C{client} says.
 
     (An SSL4ServerEndpoint is an IStreamServerEndpoint too: mypy cannot see
     a zope C{@implementer} without the mypy-zope plugin.)
@@ -198,6 +268,9 @@ def tls_endpoint(
     if not isinstance(endpoint, SSL4ServerEndpoint):
         return endpoint, None
     check_description(description)
-    swappable = SwappableContextFactory(_contextFactoryOf(endpoint))
+    factory = _contextFactoryOf(endpoint)
+    if client.mode != "none":
+        factory = load_context_factory(reactor, description, client)
+    swappable = SwappableContextFactory(factory)
     endpoint._sslContextFactory = swappable
     return endpoint, swappable

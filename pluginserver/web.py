@@ -51,6 +51,7 @@ from pluginserver.arguments import Arguments, BadRequest, parse_request
 from pluginserver.config import Settings
 from pluginserver.declared import ArgumentError
 from pluginserver.files import DocumentTree, serve_file
+from pluginserver.keys import KeySet, as_keys
 from pluginserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pluginserver.metrics import Metrics
 from pluginserver.openapi import OpenAPI
@@ -63,6 +64,7 @@ from pluginserver.plugin import (
     RawJSON,
     Response,
 )
+from pluginserver.ratelimit import Limits
 from pluginserver.registry import (
     RESERVED_NAMES,
     LoadedPlugin,
@@ -73,9 +75,10 @@ from pluginserver.registry import (
 from pluginserver.security import (
     WWW_AUTHENTICATE,
     SecurityPolicy,
+    audit_reload,
+    client_certificate,
     find_key,
     host_without_port,
-    keys_match,
     preflight_headers,
 )
 from pluginserver.streams import Streams
@@ -180,6 +183,9 @@ class PluginServerResource(Resource):
         # logged.
         self._hostLogged: dict[str, float] = {}
         self._pathLogged: dict[str, float] = {}
+        self.limits = Limits(self._limitedRoute, reactor.seconds)
+        """The rate and auth-failure limits; the site asks them before a
+        request's body is read."""
         self.configure(runtime.settings)
 
     def configure(self, settings: Settings) -> None:
@@ -189,12 +195,17 @@ class PluginServerResource(Resource):
         """
         self._policy = policy = SecurityPolicy.from_settings(settings)
         self.streams.configure(settings)
+        self.limits.configure(
+            settings.rate_limit, settings.rate_burst, settings.auth_failures, settings.plugin_params
+        )
+        # Client certificates are only ever sent when the server asks.
+        self._clientCerts = settings.client_auth != "none"
         # Each documents tree with the key it needs (None: none), by route.
-        documents: dict[str, tuple[DocumentTree, str | None]] = {}
+        documents: dict[str, tuple[DocumentTree, KeySet | None]] = {}
         for route, directory in settings.documents:
             params = settings.plugin_params.get(route) or {}
             mode = params.get("auth", "global")
-            key = policy.apikey if mode == "global" else params.get("apikey") or None
+            key = policy.global_keys if mode == "global" else as_keys(params.get("apikey"))
             if mode == "none":
                 key = None
             # A public tree may be kept by browsers and revalidated (ETag,
@@ -268,7 +279,7 @@ class PluginServerResource(Resource):
         if loaded is None:
             if tree is not None:
                 return self._document(request, policy, tree, target, client)
-            return self._utilityRoute(request, policy, target)
+            return self._utilityRoute(request, policy, target, client)
         return self._dispatch(request, loaded, target.subpath, policy, client)
 
     def _crossSite(self, request: HTTPRequest, policy: SecurityPolicy) -> bool:
@@ -311,7 +322,7 @@ class PluginServerResource(Resource):
         return None
 
     def _utilityRoute(
-        self, request: PluginServerRequest, policy: SecurityPolicy, target: Target
+        self, request: PluginServerRequest, policy: SecurityPolicy, target: Target, client: str
     ) -> Any:
         name = target.name
         if not name and request.method in _SAFE and DASHBOARD in self._documents:
@@ -328,17 +339,20 @@ class PluginServerResource(Resource):
             return error(request, 405, "method not allowed")
         # /health reveals nothing, and a load balancer asks it without a key.
         public = name == "health" or (name == "metrics" and self._runtime.settings.metrics_public)
-        if policy.apikey is not None and not public:
-            _, refusal = self._keyed(request, policy, policy.apikey)
+        if policy.utility_keys is not None and not public:
+            # The admin key when there is one (a global key alone: 403),
+            # else the global key.
+            _, refusal = self._keyed(request, policy, policy.utility_keys, client, policy.apikey)
             if refusal is not None:
                 return refusal
+        request.audit_client = client  # type: ignore[attr-defined]  # for the audit log
         return self._utility.render(request)
 
     def _document(
         self,
         request: PluginServerRequest,
         policy: SecurityPolicy,
-        documents: tuple[DocumentTree, str | None],
+        documents: tuple[DocumentTree, KeySet | None],
         target: Target,
         client: str,
     ) -> Any:
@@ -352,7 +366,7 @@ class PluginServerResource(Resource):
             request.setHeader(b"allow", b"GET, HEAD")
             return error(request, 405, "method not allowed")
         if key is not None:
-            _, refusal = self._keyed(request, policy, key)
+            _, refusal = self._keyed(request, policy, key, client)
             if refusal is not None:
                 return refusal
         return tree.serve(request, target.subpath, client, self._inThread)
@@ -374,13 +388,21 @@ class PluginServerResource(Resource):
         )
 
     def _keyed(
-        self, request: HTTPRequest, policy: SecurityPolicy, expected: str | None
+        self,
+        request: HTTPRequest,
+        policy: SecurityPolicy,
+        expected: KeySet | None,
+        client: str,
+        forbidden: KeySet | None = None,
     ) -> tuple[Arguments | None, Any]:
         """
         Parse the request's arguments (once: the key may be among them) and
         check the key the route needs (L{None}: none).  Gives back the
         arguments and no refusal, or no arguments and the refusal to answer
-        (400 for arguments that cannot be parsed, 401 for a wrong key).
+        (400 for arguments that cannot be parsed, 401 for a missing or wrong
+        key, 403 for a key of C{forbidden}: valid, but not here).  A wrong
+        key counts against the client's auth-failure limit; the id of the
+        right one is kept on the request (C{key_id}) for the audit log.
         """
         try:
             arguments = parse_request(request)
@@ -391,10 +413,51 @@ class PluginServerResource(Resource):
         given = find_key(
             request.requestHeaders, arguments.query_key, arguments.body_key, policy.allow_query_key
         )
-        if not keys_match(given, expected):
+        keyId = expected.match(given)
+        if keyId is None:
+            if forbidden is not None and forbidden.match(given) is not None:
+                return None, error(request, 403, "forbidden")
+            if given is not None:
+                self.limits.failed(client)
             request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
             return None, error(request, 401, "unauthorized")
+        request.key_id = keyId  # type: ignore[attr-defined]
         return arguments, None
+
+    def _limitedRoute(self, request: HTTPRequest) -> tuple[str, str, bool] | None:
+        """
+        What the limits need of a request whose head alone has arrived: its
+        client address (after the trusted-proxy rule), its route name and
+        whether that route needs a key; L{None} when its target will be
+        refused anyway.  Also sets the route label of its metrics.
+        """
+        policy = self._policy
+        target = getattr(request.channel, "_path", b"").split(b"?", 1)[0]
+        if target[:1] != b"/":
+            absolute = split_absolute(target)
+            if absolute is None:
+                return None
+            target = absolute[1]
+        try:
+            name = parse_path(target).name
+        except BadTarget:
+            return None
+        loaded = self._lookup(name)
+        if loaded is not None:
+            mode = loaded.auth_mode
+            keyed = (
+                loaded.own_key is not None
+                if mode == "plugin"
+                else mode == "global" and policy.global_keys is not None
+            )
+        elif name in self._documents:
+            keyed = self._documents[name][1] is not None
+        elif name in RESERVED_NAMES:
+            keyed = policy.utility_keys is not None and name != "health"
+        else:
+            name, keyed = "other", False
+        request.route = name  # type: ignore[attr-defined]
+        return self._client(request, policy), name, keyed
 
     # -- plugin dispatch ---------------------------------------------------
 
@@ -410,9 +473,15 @@ class PluginServerResource(Resource):
         if method not in loaded.methods:
             request.setHeader(b"allow", ", ".join(sorted(loaded.methods)).encode("ascii"))
             return error(request, 405, "method not allowed")
-        # Per plugin: its own key, none, or the global one (which may be unset).
-        expected = policy.apikey if loaded.auth_mode == "global" else loaded.own_key
-        arguments, refusal = self._keyed(request, policy, expected)
+        # Per plugin: its own key, none, a client certificate, or the global
+        # one (which may be unset).
+        mode = loaded.auth_mode
+        expected = policy.global_keys if mode == "global" else loaded.own_key
+        cert = client_certificate(request.transport) if self._clientCerts else None
+        if mode == "cert" and cert is None:
+            request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
+            return error(request, 401, "unauthorized")
+        arguments, refusal = self._keyed(request, policy, expected, client)
         if arguments is None:
             return refusal
         args = arguments.args
@@ -432,6 +501,7 @@ class PluginServerResource(Resource):
             client=client,
             body=arguments.body,
             files=arguments.files,
+            client_cert=cert,
         )
         if loaded.blocking and self._threadpool is not None:
             d = deferToThreadPool(self._reactor, self._threadpool, loaded.handle, preq)
@@ -703,8 +773,46 @@ class UtilityRoutes:
     def metrics(self, request: Any) -> bytes:
         if self._metrics is None:
             return json_answer(request, 404, {"error": "not found"})
+        cluster = _cluster(self._runtime)
+        if cluster is not None:
+            return self._clusterMetrics(request, cluster)  # type: ignore[return-value]
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
         return self._metrics.exposition()
+
+    @defer.inlineCallbacks
+    def _clusterMetrics(
+        self, request: Any, cluster: Any
+    ) -> Generator[defer.Deferred[Any], Any, bytes]:
+        # Every worker's counts, added up by the supervisor.
+        text: str = yield cluster.metrics()
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
+        return text.encode("utf-8")
+
+    @defer.inlineCallbacks
+    def _clusterReload(
+        self, request: Any, cluster: Any, name: str | None
+    ) -> Generator[defer.Deferred[Any], Any, bytes]:
+        """
+        Reload every worker process (C{name}, or everything), the supervisor
+        coordinating: the answer is the single process's, with each
+        worker's own under C{"workers"}; one audit event, here.
+        """
+        status, body = yield cluster.reload(name)
+        if name is None:
+            failed = body.get("failed") or {}
+        elif status == 404:
+            failed = {name: "no such plugin"}
+        else:
+            failed = {} if body.get("success") else {name: body.get("error") or "failed"}
+        audit_reload(
+            _auditClient(request),
+            _keyId(request),
+            name or "all",
+            not failed,
+            failed,
+            worker=cluster.number,
+        )
+        return json_answer(request, status, body)
 
     @app.route("/openapi.json", methods=["GET"])
     def openapiDocument(self, request: Any) -> bytes:
@@ -735,11 +843,16 @@ class UtilityRoutes:
     @app.route("/reload/all", methods=["GET", "POST"])
     @defer.inlineCallbacks
     def reloadAll(self, request: Any) -> Generator[defer.Deferred[Any], Any, bytes]:
+        cluster = _cluster(self._runtime)
+        if cluster is not None:
+            answer: bytes = yield self._clusterReload(request, cluster, None)
+            return answer
         report: ReloadReport
         otherFailures: dict[str, str]
         report, otherFailures = yield self._runtime.reload_all()
         failed = dict(report.failed)
         failed.update(otherFailures)
+        audit_reload(_auditClient(request), _keyId(request), "all", not failed, failed)
         body = {
             # The contract's body, 200 or 500 alike: "failed" says what did
             # not reload; every other plugin was reloaded.
@@ -754,10 +867,24 @@ class UtilityRoutes:
     @app.route("/reload/<name>", methods=["GET", "POST"])
     @defer.inlineCallbacks
     def reloadOne(self, request: Any, name: str) -> Generator[defer.Deferred[Any], Any, bytes]:
+        cluster = _cluster(self._runtime)
+        if cluster is not None:
+            answer: bytes = yield self._clusterReload(request, cluster, name)
+            return answer
         try:
             outcome: ReloadOutcome = yield self._runtime.registry.reload(name)
         except KeyError:
+            audit_reload(
+                _auditClient(request), _keyId(request), name, False, {name: "no such plugin"}
+            )
             return json_answer(request, 404, {"error": f"no plugin named {name!r}"})
+        audit_reload(
+            _auditClient(request),
+            _keyId(request),
+            name,
+            outcome.success,
+            {} if outcome.success else {name: outcome.error or "failed"},
+        )
         body: dict[str, Any] = {
             "reloaded": outcome.name,
             "success": outcome.success,
@@ -790,3 +917,27 @@ class UtilityRoutes:
     def internalError(self, request: Any, failure: Failure) -> bytes:
         log.failure("Utility route {path} failed", failure, path=request.path.decode("latin-1"))
         return json_answer(request, 500, {"error": "internal error"})
+
+
+def _cluster(runtime: Runtime) -> Any:
+    """
+    The whole server a worker process belongs to
+    (L{pluginserver.workers.WorkerService.cluster}): reloads and
+    C{/metrics} are its to answer.  L{None} in a single process.
+    """
+    return getattr(runtime, "cluster", None)
+
+
+def _auditClient(request: Any) -> str:
+    """
+    The client address a utility route's request came from, as the gate
+    saw it (a unix: socket's client has none).
+    """
+    return getattr(request, "audit_client", "") or "a unix socket"
+
+
+def _keyId(request: Any) -> str | None:
+    """
+    The id of the key a request was let in with, or L{None} (no key needed).
+    """
+    return getattr(request, "key_id", None)

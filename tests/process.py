@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import treq
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor, task
@@ -92,6 +93,8 @@ class Server:
         # twistd's own -r: the reactor it installs instead of the server's.
         self.reactor = reactor
         self.process: subprocess.Popen[bytes] | None = None
+        # Every worker process seen (pid -> psutil.Process), killed with it.
+        self.seen_workers: dict[int, Any] = {}
         self.write_config(ini)
         case.addCleanup(self.kill)
 
@@ -232,10 +235,26 @@ class Server:
         status = yield self.wait_exit()
         return status
 
+    def workers(self) -> list[Any]:
+        """
+        The server's worker processes now (psutil.Process objects, by pid);
+        each is remembered, so that L{kill} ends it even once its
+        supervisor is gone.
+        """
+        try:
+            children = psutil.Process(self.pid()).children(recursive=True)
+        except (psutil.Error, OSError, ValueError, AssertionError):
+            return []
+        for child in children:
+            self.seen_workers.setdefault(child.pid, child)
+        return sorted(children, key=lambda p: p.pid)
+
     def kill(self) -> None:
         """
-        Make sure nothing is left running, whatever the test did.
+        Make sure nothing is left running, whatever the test did: the
+        server, and every worker process it has or had.
         """
+        self.workers()
         pids = []
         if self.process is not None and self.process.poll() is None:
             pids.append(self.process.pid)
@@ -244,6 +263,13 @@ class Server:
                 pids.append(self.pid())
             except ValueError:
                 pass
+        for worker in self.seen_workers.values():
+            try:
+                if worker.is_running():
+                    worker.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(list(self.seen_workers.values()), timeout=5)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)

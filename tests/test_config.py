@@ -30,6 +30,7 @@ from pluginserver.config import (
     parse_value,
     resolve_endpoint_paths,
 )
+from pluginserver.keys import KeySet
 
 TRUE_WORDS = ["true", "yes", "on", "1", "enable", "enabled"]
 FALSE_WORDS = ["false", "no", "off", "0", "disable", "disabled"]
@@ -321,7 +322,7 @@ class FileTests(ConfigTestCase):
         settings = self.load(
             "[auth]\napikey = topsecret\n[plugin_parms]\np = auth=plugin&apikey=hidden\n"
         )
-        self.assertEqual(settings.apikey, "topsecret")
+        self.assertEqual(settings.apikey, KeySet.of("topsecret"))
         self.assertNotIn("topsecret", repr(settings))
         self.assertNotIn("hidden", repr(settings))
         hash(settings)  # usable as a dict key despite its mappings
@@ -365,7 +366,7 @@ class InterpolationTests(ConfigTestCase):
 
     def test_environment(self) -> None:
         settings = self.load("[auth]\napikey = ${ENV:KEY}\n", {"KEY": "k1"})
-        self.assertEqual(settings.apikey, "k1")
+        self.assertEqual(settings.apikey, KeySet.of("k1"))
 
     def test_environmentDefaultsToOsEnviron(self) -> None:
         os.environ["PS_TEST_CONFIG_VAR"] = "from-os"
@@ -448,7 +449,7 @@ class ServerTests(ConfigTestCase):
             {name: dict(params) for name, params in settings.plugin_params.items()},
             {
                 "systeminfo": {"auth": "global", "interval": 1.0},
-                "secret": {"auth": "plugin", "apikey": "s3cret"},
+                "secret": {"auth": "plugin", "apikey": KeySet.of("s3cret")},
                 "public": {"auth": "none"},
             },
         )
@@ -466,7 +467,7 @@ class ServerTests(ConfigTestCase):
 
     def test_designExampleWithKeyFromEnvironment(self) -> None:
         settings = self.load(DESIGN_EXAMPLE, {"PS_APIKEY": "abc"})
-        self.assertEqual(settings.apikey, "abc")
+        self.assertEqual(settings.apikey, KeySet.of("abc"))
 
     def test_unprefixedValuesAreCoerced(self) -> None:
         settings = self.load(
@@ -695,7 +696,7 @@ class PluginParamsTests(ConfigTestCase):
         error = self.loadError("[plugin_parms]\nsecret = auth=sometimes\n")
         self.assertErrorAt(error, "plugin_parms", "secret")
         self.assertIn(
-            "[plugin_parms] secret: auth must be global, plugin or none",
+            "[plugin_parms] secret: auth must be global, plugin, none or cert",
             str(error),
         )
 
@@ -922,6 +923,10 @@ class KeyTableTests(ConfigTestCase):
         self.assertEqual(settings.listen, known_key("server", "listen").default)  # type: ignore[union-attr]
 
     def test_pathKeysAreAbsoluteInSections(self) -> None:
+        # [tls] client_ca must be a readable PEM file.
+        os.makedirs(self.inDir("some"), exist_ok=True)
+        with open(self.inDir("some", "file"), "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\n")
         for key in KEYS:
             if not key.path:
                 continue
@@ -979,20 +984,19 @@ class UnknownKeyTests(ConfigTestCase):
             error.message, "unknown key (docs/configuration.md lists the keys of [server])"
         )
 
-    def test_sectionsWithoutKeysYet(self) -> None:
-        for section in ("tls", "limits"):
-            error = self.loadError(f"[{section}]\nrate = float:1\n")
-            self.assertErrorAt(error, section, "rate")
-            self.assertEqual(
-                error.message, f"unknown key (this version reads no keys in [{section}])"
-            )
+    def test_unknownKeyOfNewSections(self) -> None:
+        error = self.loadError("[tls]\nrate = float:1\n")
+        self.assertErrorAt(error, "tls", "rate")
+        self.assertEqual(error.message, "unknown key (did you mean [limits] rate?)")
+        error = self.loadError("[limits]\nrates = float:1\n")
+        self.assertEqual(error.message, "unknown key (did you mean rate?)")
         # An empty owned section is fine.
         self.load("[tls]\n[limits]\n")
 
     def test_keysAreCaseInsensitive(self) -> None:
         error = self.loadError("[auth]\nAPI_Key = x\n")
         self.assertErrorAt(error, "auth", "api_key")
-        self.assertEqual(self.load("[auth]\nAPIKEY = x\n").apikey, "x")
+        self.assertEqual(self.load("[auth]\nAPIKEY = x\n").apikey, KeySet.of("x"))
 
     def test_firstInFileOrder(self) -> None:
         error = self.loadError("[cors]\nenabled = yes\nzeta = 1\nalpha = 2\n[auth]\nbeta = 3\n")
@@ -1188,3 +1192,115 @@ class ExposureWarningTests(ConfigTestCase):
                 "admits loopback names only: clients from elsewhere get 400 (host not allowed)",
             ),
         )
+
+
+class SecurityKeyTests(ConfigTestCase):
+    """
+    Key forms, the admin key, [tls] and [limits]: good values are read, bad
+    ones are one line naming the file, section and key, never the key.
+    """
+
+    def keyFile(self, name: str, content: str, mode: int = 0o600) -> str:
+        path = self.inDir(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        return path
+
+    def test_forms(self) -> None:
+        import hashlib
+
+        self.keyFile("keys/ops.key", "from-a-file\n")
+        digest = hashlib.sha256(b"hashed").hexdigest()
+        settings = self.load(
+            f"[auth]\napikey = list:plain sha256:{digest} file:keys/ops.key\n"
+            "admin_apikey = file:keys/ops.key\n"
+        )
+        assert settings.apikey is not None and settings.admin_apikey is not None
+        self.assertEqual(len(settings.apikey), 3)
+        for key in ("plain", "hashed", "from-a-file"):
+            self.assertIsNotNone(settings.apikey.match(key), key)
+        self.assertIsNone(settings.apikey.match("sha256:" + digest))
+        self.assertEqual(settings.admin_apikey, KeySet.of("from-a-file"))
+        for secret in ("plain", digest, "from-a-file"):
+            self.assertNotIn(secret, repr(settings))
+
+    def test_pluginKeyForms(self) -> None:
+        self.keyFile("p.key", "plugin-file-key")
+        settings = self.load("[plugin_parms]\np = auth=plugin&apikey=list:a+file:p.key\n")
+        keys = settings.plugin_params["p"]["apikey"]
+        self.assertIsNotNone(keys.match("a"))
+        self.assertIsNotNone(keys.match("plugin-file-key"))
+
+    def assertRefused(self, ini: str, section: str, key: str, *words: str) -> ConfigError:
+        error = self.loadError(ini)
+        self.assertErrorAt(error, section, key)
+        line = str(error)
+        self.assertEqual(len(line.splitlines()), 1)
+        self.assertIn(self.inDir("ps.ini"), line)
+        for word in words:
+            self.assertIn(word, line)
+        return error
+
+    def test_badSha256(self) -> None:
+        error = self.assertRefused(
+            "[auth]\napikey = sha256:abc123\n", "auth", "apikey", "64 hex digits"
+        )
+        self.assertNotIn("abc123", str(error))
+        self.assertRefused(
+            "[auth]\nadmin_apikey = sha256:" + "g" * 64 + "\n", "auth", "admin_apikey"
+        )
+
+    def test_missingKeyFile(self) -> None:
+        self.assertRefused(
+            "[auth]\napikey = file:nope.key\n", "auth", "apikey", "nope.key", "No such file"
+        )
+
+    def test_keyFileReadableByOthers(self) -> None:
+        for mode in (0o640, 0o604):
+            path = self.keyFile("open.key", "secret-in-file", mode)
+            error = self.assertRefused(
+                "[auth]\napikey = file:open.key\n", "auth", "apikey", path, "group or others"
+            )
+            self.assertNotIn("secret-in-file", str(error))
+
+    def test_emptyKeyFile(self) -> None:
+        self.keyFile("empty.key", "\n")
+        self.assertRefused("[auth]\napikey = file:empty.key\n", "auth", "apikey", "empty")
+
+    def test_pluginKeyFileRefused(self) -> None:
+        self.keyFile("p.key", "x", 0o644)
+        self.assertRefused(
+            "[plugin_parms]\np = auth=plugin&apikey=file:p.key\n", "plugin_parms", "p", "apikey"
+        )
+
+    def test_clientAuth(self) -> None:
+        self.assertRefused("[tls]\nclient_auth = maybe\n", "tls", "client_auth", "maybe")
+        self.assertRefused("[tls]\nclient_auth = require\n", "tls", "client_auth", "client_ca")
+        self.assertRefused(
+            "[tls]\nclient_auth = optional\nclient_ca = ca.pem\n", "tls", "client_ca", "ca.pem"
+        )
+        self.keyFile("notpem.pem", "hello", 0o644)
+        self.assertRefused(
+            "[tls]\nclient_auth = require\nclient_ca = notpem.pem\n", "tls", "client_ca", "PEM"
+        )
+        self.keyFile("ca.pem", "-----BEGIN CERTIFICATE-----\n", 0o644)
+        settings = self.load("[tls]\nclient_auth = Require\nclient_ca = ca.pem\n")
+        self.assertEqual(
+            (settings.client_auth, settings.client_ca), ("require", self.inDir("ca.pem"))
+        )
+
+    def test_limits(self) -> None:
+        self.assertRefused("[limits]\nrate = float:-1\n", "limits", "rate", "float:-1")
+        self.assertRefused("[limits]\nrate = float:nan\n", "limits", "rate")
+        self.assertRefused("[limits]\nburst = int:-2\n", "limits", "burst")
+        self.assertRefused("[limits]\nauth_failures = x\n", "limits", "auth_failures")
+        self.assertRefused("[plugin_parms]\np = rate=float:-1\n", "plugin_parms", "p", "rate")
+        settings = self.load("[limits]\nrate = float:2.5\nburst = int:10\nauth_failures = int:0\n")
+        self.assertEqual(
+            (settings.rate_limit, settings.rate_burst, settings.auth_failures), (2.5, 10, 0)
+        )
+        self.assertEqual(self.load("").auth_failures, 20)
+        params = self.load("[plugin_parms]\np = rate=float:1&burst=int:3\n").plugin_params["p"]
+        self.assertEqual((params["rate"], params["burst"]), (1.0, 3))

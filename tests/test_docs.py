@@ -10,6 +10,10 @@ shown headers but C{Date}, JSON body).  The block marked
 C{<!-- test: PATH -->} is written out with its plugin and run by trial in a
 subprocess, and must print the result the doc shows.
 
+docs/security.md: every C{curl} of a console block marked C{<!-- check -->}
+is made in memory against the block marked C{<!-- config -->} and must
+answer what the doc shows.
+
 docs/configuration.md: every C{### `key`} heading under a C{## `[section]`}
 heading must be a key of the configuration's key table (L{KEYS}), every key
 of the table must be documented under its section's heading, the
@@ -404,6 +408,54 @@ class PluginGuideTests(ServerCase):
 
 
 # ---------------------------------------------------------------------------
+# docs/security.md
+
+
+class SecurityGuideTests(ServerCase):
+    """
+    The checked curl examples of docs/security.md answer as shown, in
+    memory, with its marked configuration, the bundled hello plugin and the
+    keys its C{export} line sets; the clock moves a minute between blocks.
+    """
+
+    @defer.inlineCallbacks
+    def test_curlExamplesAnswerAsShown(self) -> Any:
+        found = blocks(read_doc("security.md"))
+        ((_, config),) = marked(found, "config")
+        checks = [block for _, block in marked(found, "check")]
+        self.assertGreaterEqual(len(checks), 3)
+        text = read_doc("security.md")
+        environ = dict(re.findall(r"(PS_\w+)=(\S+)", text.split("<!-- config -->", 1)[1]))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "ps.ini")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(config.text)
+        settings = load_settings(path, environ=environ)
+        with open(os.path.join(ROOT, "plugins", "hello.py"), encoding="utf-8") as f:
+            self.dir.write("hello", f.read())
+        server = yield serve(self, self.dir.path, config=settings, clock=self.clock)
+        for block in checks:
+            self.clock.advance(60)
+            for command, output in commands(block.text):
+                where = f"docs/security.md line {block.line}: {command}"
+                for name, value in environ.items():
+                    command = command.replace(f"${name}", value)
+                curl = parse_curl(command)
+                answer = yield server.request(
+                    curl.method, curl.path, headers=curl.headers, data=curl.body
+                )
+                status, headers, body = expected_answer(output, curl.show_headers)
+                if status is not None:
+                    self.assertEqual(answer.status, status, where)
+                for name, value in headers:
+                    self.assertEqual(
+                        answer.headers.getRawHeaders(name), [value], f"{where}: {name}"
+                    )
+                self.assertEqual(answer.json(), json.loads(body), where)
+
+
+# ---------------------------------------------------------------------------
 # docs/configuration.md
 
 KNOWN: Mapping[tuple[str, str], str] = {(key.section, key.name): key.field for key in KEYS}
@@ -413,7 +465,7 @@ the key table of L{pluginserver.config}, where each key is declared once
 (the old server's C{[network]}/C{[SSL]} keys set the listeners).
 """
 
-PLUGIN_PARAMS = frozenset({"auth", "auth_type", "apikey", "json"})
+PLUGIN_PARAMS = frozenset({"auth", "auth_type", "apikey", "json", "rate", "burst"})
 """The [plugin_parms] parameters the server itself reads."""
 
 NOT_KEYS = frozenset({"path", "listen_origin", "plugin_params", "sections"})

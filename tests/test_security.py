@@ -13,8 +13,9 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from pluginserver import security
-from pluginserver.security import SecurityPolicy, keys_match
+from pluginserver import keys as keys_module
+from pluginserver.keys import KeySet
+from pluginserver.security import SecurityPolicy
 from tests.helpers import ServerCase, plugin_source
 
 KEY = "s3cret-global"
@@ -120,11 +121,12 @@ class KeyTests(ServerCase):
 class ComparisonTests(SynchronousTestCase):
     def test_keysAreComparedInConstantTime(self) -> None:
         with mock.patch.object(
-            security.hmac, "compare_digest", wraps=security.hmac.compare_digest
+            keys_module.hmac, "compare_digest", wraps=keys_module.hmac.compare_digest
         ) as spy:
-            self.assertTrue(keys_match("abc", "abc"))
-            self.assertFalse(keys_match("abd", "abc"))
-            self.assertFalse(keys_match(None, "abc"))
+            keys = KeySet.of("abc")
+            self.assertIsNotNone(keys.match("abc"))
+            self.assertIsNone(keys.match("abd"))
+            self.assertIsNone(keys.match(None))
         self.assertEqual(spy.call_count, 2)
 
 
@@ -340,3 +342,166 @@ class QueryKeySmugglingTests(ServerCase):
             self.assertEqual(status, 401, path)
             status, _, _ = yield self.call("POST", f"{path}?apikey=&apikey={KEY}", data={"x": "1"})
             self.assertEqual(status, 401, path)
+
+
+ADMIN = "s3cret-admin"
+
+
+class AdminKeyTests(ServerCase):
+    """
+    With [auth] admin_apikey, the utility routes need the admin key: the
+    global key there is 403, no key or a wrong one 401; the admin key is
+    also accepted wherever the global key is.
+    """
+
+    @defer.inlineCallbacks
+    def serveWithAdmin(self, **settings: Any) -> Any:
+        self.dir.write("guarded", ARGS)
+        self.dir.write("own", ARGS)
+        params = {"own": {"auth": "plugin", "apikey": PLUGIN_KEY}}
+        yield self.serve(params=params, apikey=KEY, admin_apikey=ADMIN, **settings)
+
+    @defer.inlineCallbacks
+    def test_utilityRoutesNeedTheAdminKey(self) -> Any:
+        yield self.serveWithAdmin()
+        for path in ("/plugins", "/reload/guarded", "/reload/all", "/metrics", "/openapi.json"):
+            status, _, body = yield self.call("GET", path, headers={"X-API-Key": KEY})
+            self.assertEqual((status, body), (403, {"error": "forbidden"}), path)
+            status, _, body = yield self.call("GET", path, headers={"X-API-Key": "wrong"})
+            self.assertEqual((status, body), (401, {"error": "unauthorized"}), path)
+            status, _, body = yield self.call("GET", path)
+            self.assertEqual((status, body), (401, {"error": "unauthorized"}), path)
+            answer = yield self.server.request(
+                "GET", path, headers={"Authorization": f"Bearer {ADMIN}"}
+            )
+            self.assertEqual(answer.status, 200, path)
+        status, _, _ = yield self.call("GET", "/health")
+        self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_adminKeyOpensGlobalRoutesNotPluginKeys(self) -> Any:
+        yield self.serveWithAdmin()
+        for key in (KEY, ADMIN):
+            status, _, _ = yield self.call("GET", "/guarded", headers={"X-API-Key": key})
+            self.assertEqual(status, 200, key)
+        status, _, _ = yield self.call("GET", "/own", headers={"X-API-Key": ADMIN})
+        self.assertEqual(status, 401)
+
+    @defer.inlineCallbacks
+    def test_withoutAdminKeyTheGlobalKeyAsBefore(self) -> Any:
+        self.dir.write("guarded", ARGS)
+        yield self.serve(apikey=KEY)
+        status, _, _ = yield self.call("GET", "/plugins", headers={"X-API-Key": KEY})
+        self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_keyListsRotate(self) -> Any:
+        """
+        A list of keys: each one valid; the settings keep no key.
+        """
+        self.dir.write("guarded", ARGS)
+        yield self.serve(apikey=KeySet.of("old-key", "new-key"))
+        for key in ("old-key", "new-key"):
+            status, _, _ = yield self.call("GET", "/guarded", headers={"X-API-Key": key})
+            self.assertEqual(status, 200, key)
+        self.assertNotIn("old-key", repr(self.server.settings))
+
+
+class AuditTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_reloadsAreAudited(self) -> Any:
+        """
+        Each reload by route is one audit event: the client, the key's id
+        (never the key) and the outcome.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.dir.write("guarded", ARGS)
+        yield self.serve(apikey=KEY, admin_apikey=ADMIN)
+        yield self.call("GET", "/reload/guarded", headers={"X-API-Key": ADMIN})
+        yield self.call("POST", "/reload/all", headers={"X-API-Key": ADMIN})
+        yield self.call("GET", "/reload/nothere", headers={"X-API-Key": ADMIN})
+        self.dir.write("guarded", "this is not python\n")
+        yield self.call("GET", "/reload/guarded", headers={"X-API-Key": ADMIN})
+        audited = [e for e in events if e.get("audit") == "reload"]
+        self.assertEqual(
+            [(e["target"], e["success"]) for e in audited],
+            [("guarded", True), ("all", True), ("nothere", False), ("guarded", False)],
+        )
+        keyId = keys_module.key_id(ADMIN)
+        for event in audited:
+            self.assertEqual(event["log_namespace"], "pluginserver.audit")
+            self.assertEqual((event["client"], event["key_id"]), ("127.0.0.1", keyId))
+            text = formatEvent(event)
+            self.assertIn(keyId, text)
+            self.assertIn("127.0.0.1", text)
+        for event in events:
+            text = formatEvent(event) + repr(event)
+            self.assertNotIn(ADMIN, text)
+            self.assertNotIn(KEY, text)
+
+    def test_signalAndWorkerForms(self) -> None:
+        from pluginserver.security import audit_reload
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        audit_reload("signal", None, "all", False, {"config": "bad"}, worker=2)
+        (event,) = [e for e in events if e.get("audit") == "reload"]
+        self.assertEqual(
+            formatEvent(event), "Audit: reload all by signal (key none) in worker 2: failed config"
+        )
+
+
+class CertificateModeTests(ServerCase):
+    @defer.inlineCallbacks
+    def test_certModeWithoutCertificateIs401(self) -> Any:
+        """
+        auth=cert: no key opens it; without a verified client certificate
+        (here: no TLS at all) it is 401.
+        """
+        self.dir.write("certonly", ARGS)
+        yield self.serve(params={"certonly": {"auth": "cert"}}, apikey=KEY)
+        for headers in ({}, {"X-API-Key": KEY}):
+            status, _, body = yield self.call("GET", "/certonly", headers=headers)
+            self.assertEqual((status, body), (401, {"error": "unauthorized"}))
+
+    def test_describeCertificate(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        from pluginserver.security import describe_certificate
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, "client one"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
+            ]
+        )
+        expires = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(0xABC123)
+            .not_valid_before(expires - datetime.timedelta(days=1))
+            .not_valid_after(expires)
+            .sign(key, hashes.SHA256())
+        )
+        self.assertEqual(
+            describe_certificate(cert),
+            {
+                "subject": {"CN": "client one", "O": "Example"},
+                "issuer": {"CN": "client one", "O": "Example"},
+                "serial": "ABC123",
+                "not_after": "2030-01-02T03:04:05+00:00",
+                "sha256": cert.fingerprint(hashes.SHA256()).hex(),
+            },
+        )

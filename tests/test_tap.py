@@ -368,11 +368,21 @@ class HelpTests(TapCase):
 
     def test_synopsis(self) -> None:
         first = self.help().splitlines()[0]
-        self.assertEqual(first, "[--config FILE] [--listen ENDPOINT ...] [--plugins DIR] [--check]")
+        self.assertEqual(
+            first,
+            "[--config FILE] [--listen ENDPOINT ...] [--plugins DIR] [--workers N] [--check]",
+        )
 
     def test_everyOption(self) -> None:
         text = self.help()
-        for option in ("-c, --config=", "--check", "-l, --listen=", "-p, --plugins=", "--version"):
+        for option in (
+            "-c, --config=",
+            "--check",
+            "-l, --listen=",
+            "-p, --plugins=",
+            "-w, --workers=",
+            "--version",
+        ):
             self.assertIn(option, text)
         self.assertIn("[default: etc/ps.ini]", text)
         self.assertIn("Print pluginserver's version", text)
