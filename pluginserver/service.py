@@ -49,7 +49,6 @@ from pluginserver.tls import (
     load_context_factory,
     tls_endpoint,
 )
-from pluginserver.transport import batch_writes
 from pluginserver.web import PluginServerResource
 
 log = Logger()
@@ -135,7 +134,6 @@ class Listener(Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
-        batch_writes(port)
         if not self._ready:
             # Bound, but taking no connection yet: clients wait in the
             # listen backlog until the plugins have started.  (Twisted has
