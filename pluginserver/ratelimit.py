@@ -138,15 +138,21 @@ class Limits:
         self,
         resolve: Callable[[Any], tuple[str, str, bool] | None],
         clock: Callable[[], float],
+        address: Callable[[Any], str] | None = None,
     ) -> None:
         """
         @param resolve: gives a request's client address, route name and
             whether that route needs a key, from its head alone; L{None}
             when the head is refused anyway (the web layer says why).
         @param clock: the time, in seconds.
+        @param address: gives a request's client address alone: all that
+            the global rate needs, when it is the only limit in force
+            (finding the route costs a parse of the path).  By default
+            taken from C{resolve}.
         """
         self._resolve = resolve
         self._clock = clock
+        self._address = address
         self.rate: Buckets | None = None
         self.routes: dict[str, Buckets] = {}
         self.failures: AuthFailures | None = None
@@ -184,6 +190,12 @@ class Limits:
         0 when C{request} may be read and served, else the seconds its
         client must wait.
         """
+        if not self.routes and not self.failures and self._address is not None:
+            # Only the global rate can refuse: the address is all it needs.
+            buckets = self.rate
+            if buckets is None:
+                return 0.0
+            return buckets.take(self._address(request), self._clock())
         resolved = self._resolve(request)
         if resolved is None:
             return 0.0

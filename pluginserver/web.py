@@ -183,7 +183,11 @@ class PluginServerResource(Resource):
         # logged.
         self._hostLogged: dict[str, float] = {}
         self._pathLogged: dict[str, float] = {}
-        self.limits = Limits(self._limitedRoute, reactor.seconds)
+        self.limits = Limits(
+            self._limitedRoute,
+            reactor.seconds,
+            lambda request: self._client(request, self._policy),
+        )
         """The rate and auth-failure limits; the site asks them before a
         request's body is read."""
         self.configure(runtime.settings)
