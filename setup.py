@@ -28,8 +28,8 @@ setup(
         "service-identity",
         "psutil",
         "prometheus_client",
-        # The asyncio reactor's loop: the standard loop costs about a third
-        # of the throughput (docs/operations.md, "Reactors").
+        # The asyncio reactor's loop: the standard loop costs a tenth to a
+        # quarter of the throughput (docs/operations.md, "Reactors").
         "uvloop",
     ],
     extras_require={
