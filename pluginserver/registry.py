@@ -723,8 +723,14 @@ class PluginRegistry:
         """
         return self._lock.run(self._reloadOne, name)
 
-    @defer.inlineCallbacks
-    def _reloadOne(self, name: str) -> Generator[defer.Deferred[Any], Any, ReloadOutcome]:
+    def _locate(self, name: str) -> tuple[LoadedPlugin | None, str, str, ReloadOutcome | None]:
+        """
+        What reloading C{name} (a route name or a file stem) is about: the
+        generation serving it (or L{None}), its file's stem and path, and
+        the failed outcome when the directory cannot be read; L{KeyError}
+        when there is no such plugin.  Reloads in one step and in two
+        decide this alike.
+        """
         current = self._byName.get(name) or self._byStem(name)
         stem = current.stem if current else name
         path = self._modules.path(stem)
@@ -738,7 +744,28 @@ class PluginRegistry:
             if current is None:
                 raise KeyError(name) from None
             error = self._failed(stem, f"{DIRECTORY_KEY} {e}")
-            return ReloadOutcome(current.name, False, current.generation, error)
+            failed = ReloadOutcome(current.name, False, current.generation, error)
+            return current, stem, path, failed
+        return current, stem, path, None
+
+    @staticmethod
+    def _loadFailed(name: str, current: LoadedPlugin | None, error: str) -> ReloadOutcome:
+        """
+        The outcome of a reload of C{name} whose new source failed: the
+        generation serving it, if any, keeps serving.
+        """
+        return ReloadOutcome(
+            current.name if current else name,
+            False,
+            current.generation if current else None,
+            error,
+        )
+
+    @defer.inlineCallbacks
+    def _reloadOne(self, name: str) -> Generator[defer.Deferred[Any], Any, ReloadOutcome]:
+        current, stem, path, failed = self._locate(name)
+        if failed is not None:
+            return failed
         if current is not None and not os.path.isfile(path):
             yield self._unload(current)
             return ReloadOutcome(current.name, False, None, "plugin file was removed")
@@ -746,13 +773,7 @@ class PluginRegistry:
             yield self._refreshHelpers()
             loaded: LoadedPlugin = yield self._load(stem)
         except PluginLoadError as e:
-            self._failed(stem, str(e))
-            return ReloadOutcome(
-                current.name if current else name,
-                False,
-                current.generation if current else None,
-                str(e),
-            )
+            return self._loadFailed(name, current, self._failed(stem, str(e)))
         return ReloadOutcome(loaded.name, True, loaded.generation)
 
     def reload_all(
@@ -901,20 +922,9 @@ class PluginRegistry:
         self, pending: PendingReload, name: str
     ) -> Generator[defer.Deferred[Any], Any, None]:
         # What _reloadOne decides before its load, in the same order.
-        current = self._byName.get(name) or self._byStem(name)
-        stem = current.stem if current else name
-        path = self._modules.path(stem)
-        try:
-            if current is None:
-                if stem not in self.discover() or not os.path.isfile(path):
-                    raise KeyError(name)
-            else:
-                self._listDirectory()
-        except DirectoryError as e:
-            if current is None:
-                raise KeyError(name) from None
-            error = self._failed(stem, f"{DIRECTORY_KEY} {e}")
-            pending.outcome = ReloadOutcome(current.name, False, current.generation, error)
+        current, stem, path, failed = self._locate(name)
+        if failed is not None:
+            pending.outcome = failed
             return
         if current is not None and not os.path.isfile(path):
             pending.removed.append(current)
@@ -925,13 +935,7 @@ class PluginRegistry:
             self._checkAborted(pending)
             pending.tried[stem] = yield self._modules.try_source(stem)
         except PluginLoadError as e:
-            error = self._failed(stem, str(e))
-            pending.outcome = ReloadOutcome(
-                current.name if current else name,
-                False,
-                current.generation if current else None,
-                error,
-            )
+            pending.outcome = self._loadFailed(name, current, self._failed(stem, str(e)))
         self._checkAborted(pending)
 
     @defer.inlineCallbacks
