@@ -85,10 +85,11 @@ def write_config(
     return path
 
 
-def pinned(command: Sequence[str], cpu: int | None) -> list[str]:
+def pinned(command: Sequence[str], cpu: int | str | None) -> list[str]:
     """
-    C{command} run under C{taskset -c cpu} when a CPU is given.  taskset
-    execs the command, so the process id stays the command's.
+    C{command} run under C{taskset -c cpu} when a CPU (or a taskset CPU
+    list, such as C{"0-1"}) is given.  taskset execs the command, so the
+    process id stays the command's.
     """
     if cpu is None:
         return list(command)

@@ -1,37 +1,47 @@
 """
 The pluginserver benchmark: one command, one run, figures read as ratios.
 
-    /work/venv/bin/python bench/run.py [--rounds 3] [--duration 5]
-        [--connections 32] [--warmup 2] [--json results.json]
+    .venv/bin/python bench/run.py [--quick] [--rounds 3] [--duration 5]
+        [--connections 32] [--warmup 2] [--old-rev 9ac1471] [--json results.json]
 
 It starts, side by side on 127.0.0.1 (free ports, temporary configs):
 
-  - the project under C{twistd -n pluginserver} as it runs by default (the
-    asyncio reactor on uvloop's loop), serving the repository's plugins/
-    (hello and systeminfo);
-  - the same on the asyncio reactor with the standard loop (C{[server]
-    uvloop = bool:false}) and on the epoll reactor (C{twistd -r epoll}),
-    for their /hello only;
+  - the project (the working tree, through the running venv's twistd)
+    under C{twistd -n pluginserver} as it runs by default (the asyncio
+    reactor on uvloop's loop), serving the repository's plugins/ (hello and
+    systeminfo);
+  - the "old" server: pluginserver at C{--old-rev} (default 9ac1471, the
+    last commit of the server on twisted.web's HTTPChannel), exported into
+    bench/.cache/ and installed into a venv of its own there (built once,
+    reused), with the same config and plugins (C{--no-old}: without it);
+  - the same as the first on the asyncio reactor with the standard loop
+    (C{[server] uvloop = bool:false}) and on the epoll reactor (C{twistd -r
+    epoll}), for their /hello only (C{--no-variants}: without them);
   - the ceiling: bench/ceiling.py, a bare twisted.web Resource answering
     the same JSON as /hello, on the epoll reactor;
 
 pins the servers to CPU 0 and wrk to CPU 1 (when taskset exists and there
-are two CPUs), drives the ceiling, /hello and /systeminfo of the default
-server and the other two /hello with C{wrk -t1 -c32 --latency} in
-interleaved rounds after a warm-up, and prints per route and round req/s,
-p50, p99 and errors, the ratios to the ceiling and systeminfo/hello per
-round and their medians, the default server's idle and loaded RSS, and the
-median time of C{GET /reload/hello} over 20 calls.  C{--json PATH} writes
-the same figures as JSON.  Every process it started is stopped, whatever
-happens.
+are two CPUs), drives the ceiling, /hello and /systeminfo of the new and
+the old server and the variants' /hello with C{wrk -t1 -c32 --latency} in
+interleaved rounds (reversed every other round) after a warm-up, and prints
+per route and round req/s, p50, p99 and errors, the ratios new/ceiling, old/ceiling, new/old and
+systeminfo/hello per round and their medians, the targets of issue 18
+(hello/ceiling >= 2.5, hello p99 no worse than the ceiling's,
+systeminfo/hello >= 0.9) with PASS or MISS, the idle and loaded RSS, and
+the median time of C{GET /reload/hello} over 20 calls.  C{--json PATH}
+writes the same figures as JSON.  Every process it started is stopped,
+whatever happens.  C{--quick}: 2 rounds of 3 s, 1 s warm-up, no variants.
 
 With C{--workers 1,2} it runs the workers mode instead: one pluginserver
-per worker count (C{[server] workers}), none of them nor wrk pinned (the
-workers need every CPU), driven on /hello in interleaved rounds; it prints
-per count req/s, p50, p99, the server's CPU use (supervisor and workers
-together) and requests per CPU-second, the ratio of each count's req/s to
-one worker's, and the median C{GET /reload/hello} time with the largest
-count.
+(and one old server) per worker count (C{[server] workers}) and the
+ceiling, all on the same CPUs (pinned to the first N CPUs and wrk to the
+next when there are more CPUs than the largest count, else none of them
+pinned), driven on /hello in interleaved rounds; it prints per count req/s,
+req/s per worker, p50, p99, the server's CPU use (supervisor and workers
+together) and requests per CPU-second, each count's req/s per worker
+against the ceiling's req/s (target: the same ratio as one process,
+>= 2.5), new/old, the ratio of each count's req/s to one worker's, and the
+median C{GET /reload/hello} time with the largest count.
 
 Standard library and psutil only.
 """
@@ -71,11 +81,16 @@ from _harness import (
     wait_until_serving,
     write_config,
 )
+from _oldtree import DEFAULT_OLD_REV, OldTree, describe, old_env, prepare_old
 
-# The targets of issue 6, point 4.
-TARGET_HELLO_VS_CEILING = 0.9
-TARGET_SYSTEMINFO_VS_HELLO = 0.7
-TARGET_P99_EXTRA_MS = 1.0
+# The targets of issue 18, point 5 (the new HTTP/1.1 channel): /hello at
+# least 2.5x the twisted.web ceiling with a p99 no worse than the ceiling's
+# (median of the per-round differences <= 0), /systeminfo at least 0.9x
+# /hello; with workers, the same ratio per worker.
+TARGET_HELLO_VS_CEILING = 2.5
+TARGET_SYSTEMINFO_VS_HELLO = 0.9
+TARGET_P99_EXTRA_MS = 0.0
+# The targets of issue 6, point 4, that still stand.
 TARGET_RELOAD_MS = 20.0
 TARGET_IDLE_RSS_MB = 45.0
 
@@ -182,7 +197,7 @@ def cpu_seconds(pid: int, tree: bool = False) -> float:
     return total
 
 
-def run_wrk(target: Target, duration: float, connections: int, cpu: int | None) -> WrkResult:
+def run_wrk(target: Target, duration: float, connections: int, cpu: int | str | None) -> WrkResult:
     """
     One C{wrk -t1 -c<connections> -d<duration>s --latency} run against
     C{target}.
@@ -287,22 +302,35 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def check_answers(ceiling: int, server: int) -> None:
+def check_answers(ceiling: int, servers: dict[str, int]) -> None:
     """
     Before measuring, check each target answers what it should: the same
-    JSON as application/json from the ceiling and /hello, a systeminfo
-    document from /systeminfo.
+    JSON as application/json from the ceiling and each server's /hello, a
+    systeminfo document from each server's /systeminfo.
     """
     expected = {"hello": "world"}
-    for name, port, path in (("ceiling", ceiling, "/hello"), ("hello", server, "/hello")):
-        status, headers, body = http_get(port, path)
+    for name, port in (("ceiling", ceiling), *servers.items()):
+        status, headers, body = http_get(port, "/hello")
         if status != 200 or json.loads(body) != expected:
-            raise BenchError(f"{name} {path} answered {status} {body[:200]!r}")
+            raise BenchError(f"{name} /hello answered {status} {body[:200]!r}")
         if not headers.get("content-type", "").startswith("application/json"):
-            raise BenchError(f"{name} {path} answered content-type {headers.get('content-type')!r}")
-    status, _, body = http_get(server, "/systeminfo")
-    if status != 200 or "cpu" not in json.loads(body):
-        raise BenchError(f"/systeminfo answered {status} {body[:200]!r}")
+            raise BenchError(f"{name} /hello answered content-type {headers.get('content-type')!r}")
+    for name, port in servers.items():
+        status, _, body = http_get(port, "/systeminfo")
+        if status != 200 or "cpu" not in json.loads(body):
+            raise BenchError(f"{name} /systeminfo answered {status} {body[:200]!r}")
+
+
+def free_ports(count: int) -> list[int]:
+    """
+    C{count} distinct free ports.
+    """
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def wait_for_packages(port: int, timeout: float) -> float | None:
@@ -373,12 +401,22 @@ def _running_on(log: str) -> str:
     return "unknown"
 
 
+def round_order(targets: Sequence[Target], number: int) -> list[Target]:
+    """
+    The order of the targets in round C{number}: as listed in odd rounds,
+    reversed in even ones (A B C, C B A, ...), so that no target always runs
+    right after another, and a drift during the run (the machine's load, the
+    CPU's clock) weighs on each target alike over two rounds.
+    """
+    return list(targets) if number % 2 else list(reversed(targets))
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
 def _verdict(met: bool) -> str:
-    return "met" if met else "MISSED"
+    return "PASS" if met else "MISS"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -386,16 +424,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Benchmark pluginserver's /hello and /systeminfo against a "
         "bare twisted.web ceiling, in interleaved wrk rounds."
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
-        "--duration", type=float, default=5.0, help="seconds per wrk run (default 5)"
+        "--quick",
+        action="store_true",
+        help="a short run: 2 rounds of 3 s, 1 s warm-up, 5 reloads, no variants "
+        "(explicit options still win)",
     )
     parser.add_argument(
-        "--warmup", type=float, default=2.0, help="warm-up seconds per target (default 2; 0 = none)"
+        "--rounds", type=int, default=None, help="interleaved rounds (default 3; quick 2)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds per wrk run (default 5; quick 3)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="warm-up seconds per target (default 2; quick 1; 0 = none)",
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument(
-        "--reloads", type=int, default=20, help="timed /reload/hello calls (default 20)"
+        "--reloads", type=int, default=None, help="timed /reload/hello calls (default 20; quick 5)"
+    )
+    parser.add_argument(
+        "--old-rev",
+        default=DEFAULT_OLD_REV,
+        metavar="REV",
+        help="the git revision of the old server measured beside the working tree's "
+        f"(default {DEFAULT_OLD_REV}: the last on twisted.web's HTTPChannel); built once "
+        "into bench/.cache/",
+    )
+    parser.add_argument("--no-old", action="store_true", help="do not run the old server")
+    parser.add_argument(
+        "--rebuild-old",
+        action="store_true",
+        help="reinstall the old server's venv even when bench/.cache/ has one for that commit",
+    )
+    parser.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="do not run hello-std (standard asyncio loop) and hello-epoll (epoll reactor)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument(
@@ -412,14 +480,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         metavar="N,M",
-        help="workers mode: compare [server] workers counts on /hello (e.g. 1,2), "
-        "unpinned, instead of the default run",
+        help="workers mode: compare [server] workers counts on /hello (e.g. 1,2) against "
+        "the ceiling on the same CPUs, per worker, instead of the default run",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (config, logs)"
     )
     args = parser.parse_args(argv)
+    quick = args.quick
+    for name, normal, short in (
+        ("rounds", 3, 2),
+        ("duration", 5.0, 3.0),
+        ("warmup", 2.0, 1.0),
+        ("reloads", 20, 5),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else normal)
+    if quick:
+        args.no_variants = True
+    if args.no_old:
+        args.old_rev = None
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.reloads < 1:
         parser.error("--rounds, --duration, --connections and --reloads must be positive")
     if args.workers is not None:
@@ -460,9 +541,9 @@ def _run(
     serverCpu: int | None,
     wrkCpu: int | None,
 ) -> int:
-    serverPort, ceilingPort = free_port(), free_port()
-    while ceilingPort == serverPort:
-        ceilingPort = free_port()
+    old: OldTree | None = prepare_old(args.old_rev, args.rebuild_old) if args.old_rev else None
+    oldVersions = describe(old, workdir) if old is not None else None
+    serverPort, ceilingPort, oldPort, stdloopPort, epollPort = free_ports(5)
     # As etc/ps.ini: the Host check for loopback (no key, no CORS there).
     extra = "allowed_hosts = list:localhost 127.0.0.1 [::1]\n"
     if args.access_log:
@@ -470,19 +551,27 @@ def _run(
     plugins = os.path.join(REPO_DIR, "plugins")
     serverLog = os.path.join(workdir, "twistd.log")
     ceilingLog = os.path.join(workdir, "ceiling.log")
+    oldLog = os.path.join(workdir, "old.log")
     env = child_env()
     loadBefore = os.getloadavg()
 
     # A section of its own, after every [server] key.
     limits = "[limits]\nrate = float:1000000\nburst = int:1000000\n" if args.limits else ""
 
-    def pluginserver(name: str, port: int, extra: str, twistdArgs: list[str]) -> Any:
+    def pluginserver(
+        name: str,
+        port: int,
+        extra: str,
+        twistdArgs: list[str],
+        executable: str | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> Any:
         config = write_config(workdir, port, plugins, extra + limits)
         return processes.start(
             name,
             pinned(
                 [
-                    twistd(),
+                    executable or twistd(),
                     "-n",
                     "--pidfile",
                     os.path.join(workdir, f"{name}.pid"),
@@ -495,15 +584,25 @@ def _run(
             ),
             cwd=workdir,
             log_path=os.path.join(workdir, f"{name}.log") if name != "pluginserver" else serverLog,
-            env=env,
+            env=environment or env,
         )
 
-    # The default (asyncio reactor, uvloop), then the two others it is
-    # compared with: the standard asyncio loop, and Twisted's epoll reactor.
+    # The default (asyncio reactor, uvloop); the old server with the same
+    # config and plugins; then the two variants: the standard asyncio loop,
+    # and Twisted's epoll reactor.
     server = pluginserver("pluginserver", serverPort, extra, [])
-    stdloopPort, epollPort = free_port(), free_port()
-    stdloop = pluginserver("stdloop", stdloopPort, extra + "uvloop = bool:false\n", [])
-    epoll = pluginserver("epoll", epollPort, extra, ["-r", "epoll"])
+    oldServer = (
+        pluginserver("old", oldPort, extra, [], old.twistd, old_env(env))
+        if old is not None
+        else None
+    )
+    variants = not args.no_variants
+    stdloop = (
+        pluginserver("stdloop", stdloopPort, extra + "uvloop = bool:false\n", [])
+        if variants
+        else None
+    )
+    epoll = pluginserver("epoll", epollPort, extra, ["-r", "epoll"]) if variants else None
     ceiling = processes.start(
         "ceiling",
         pinned(
@@ -515,37 +614,53 @@ def _run(
     )
     wait_until_serving(ceilingPort, "/hello", ceiling, ceilingLog)
     wait_until_serving(serverPort, "/hello", server, serverLog)
-    wait_until_serving(stdloopPort, "/hello", stdloop, os.path.join(workdir, "stdloop.log"))
-    wait_until_serving(epollPort, "/hello", epoll, os.path.join(workdir, "epoll.log"))
-    check_answers(ceilingPort, serverPort)
-    reactors = {
-        name: _running_on(os.path.join(workdir, log))
-        for name, log in (
-            ("default", "twistd.log"),
-            ("stdloop", "stdloop.log"),
-            ("epoll", "epoll.log"),
-        )
-    }
+    servers = {"new": serverPort}
+    logs = {"default": "twistd.log"}
+    if oldServer is not None:
+        wait_until_serving(oldPort, "/hello", oldServer, oldLog)
+        servers["old"] = oldPort
+        logs["old"] = "old.log"
+    if stdloop is not None and epoll is not None:
+        wait_until_serving(stdloopPort, "/hello", stdloop, os.path.join(workdir, "stdloop.log"))
+        wait_until_serving(epollPort, "/hello", epoll, os.path.join(workdir, "epoll.log"))
+        logs["stdloop"] = "stdloop.log"
+        logs["epoll"] = "epoll.log"
+    check_answers(ceilingPort, servers)
+    reactors = {name: _running_on(os.path.join(workdir, log)) for name, log in logs.items()}
     packagesWait = wait_for_packages(serverPort, PACKAGES_WAIT)
+    if oldServer is not None and wait_for_packages(oldPort, PACKAGES_WAIT) is None:
+        packagesWait = None
     time.sleep(1.0)
     idleRss = rss_mb(server.pid)
+    oldIdleRss = rss_mb(oldServer.pid) if oldServer is not None else None
     ceilingIdleRss = rss_mb(ceiling.pid)
 
     targets = [
         Target("ceiling", ceilingPort, "/hello", ceiling.pid),
         Target("hello", serverPort, "/hello", server.pid),
-        Target("systeminfo", serverPort, "/systeminfo", server.pid),
-        Target("hello-std", stdloopPort, "/hello", stdloop.pid),
-        Target("hello-epoll", epollPort, "/hello", epoll.pid),
     ]
+    if oldServer is not None:
+        targets.append(Target("hello-old", oldPort, "/hello", oldServer.pid))
+    targets.append(Target("systeminfo", serverPort, "/systeminfo", server.pid))
+    if oldServer is not None:
+        targets.append(Target("systeminfo-old", oldPort, "/systeminfo", oldServer.pid))
+    if stdloop is not None and epoll is not None:
+        targets.append(Target("hello-std", stdloopPort, "/hello", stdloop.pid))
+        targets.append(Target("hello-epoll", epollPort, "/hello", epoll.pid))
     pinning = (
         f"servers on CPU {serverCpu}, wrk on CPU {wrkCpu} (taskset)"
         if serverCpu is not None
         else "no pinning (taskset missing or one CPU)"
     )
     print(
-        f"pluginserver bench: {git_revision()}, Python {platform.python_version()}, {wrk_version()}"
+        f"pluginserver bench: new = working tree {git_revision()}, Python "
+        f"{platform.python_version()}, {wrk_version()}"
     )
+    if old is not None and oldVersions is not None:
+        print(
+            f"old = {old.short} ({old.subject}), installed in {old.venv}; Twisted "
+            f"{oldVersions['twisted']}, Klein {oldVersions['klein']}"
+        )
     print(
         f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {pinning}; "
         f"load average before start {loadBefore[0]:.2f} {loadBefore[1]:.2f} {loadBefore[2]:.2f}"
@@ -556,8 +671,16 @@ def _run(
         + ("; access log ON" if args.access_log else "")
     )
     print(
-        f"hello: {reactors['default']}; hello-std: {reactors['stdloop']}; "
-        f"hello-epoll: {reactors['epoll']}"
+        "; ".join(
+            f"{label}: {reactors[key]}"
+            for label, key in (
+                ("hello", "default"),
+                ("hello-old", "old"),
+                ("hello-std", "stdloop"),
+                ("hello-epoll", "epoll"),
+            )
+            if key in reactors
+        )
     )
     if packagesWait is None:
         print(f"note: systeminfo's package check had not finished after {PACKAGES_WAIT:.0f} s")
@@ -567,77 +690,85 @@ def _run(
         for target in targets:
             run_wrk(target, args.warmup, args.connections, wrkCpu)
 
+    width = max(len(target.name) for target in targets)
     print(
-        f"{'round':>5}  {'route':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'round':>5}  {'route':<{width}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'errors':>7} {'srv cpu%':>9}"
     )
     rounds: list[dict[str, Any]] = []
     noisy = 0
     for number in range(1, args.rounds + 1):
         results: dict[str, WrkResult] = {}
-        for target in targets:
+        for target in round_order(targets, number):
             result = run_wrk(target, args.duration, args.connections, wrkCpu)
             results[target.name] = result
             contended = result.server_cpu_percent < SATURATED_CPU_PERCENT
             noisy += contended
             print(
-                f"{number:>5}  {target.name:<11} {result.requests_per_sec:>9.0f} "
+                f"{number:>5}  {target.name:<{width}} {result.requests_per_sec:>9.0f} "
                 f"{result.p50_ms:>8.2f} {result.p99_ms:>8.2f} {result.errors:>7} "
                 f"{result.server_cpu_percent:>9.0f}{' *' if contended else ''}",
                 flush=True,
             )
-        hello, ceil, sysinfo = results["hello"], results["ceiling"], results["systeminfo"]
+        ratios = _round_ratios(results)
         rounds.append(
             {
                 "round": number,
                 "results": {name: asdict(r) for name, r in results.items()},
-                "hello_vs_ceiling": hello.requests_per_sec / ceil.requests_per_sec,
-                "hello_std_vs_ceiling": results["hello-std"].requests_per_sec
-                / ceil.requests_per_sec,
-                "hello_epoll_vs_ceiling": results["hello-epoll"].requests_per_sec
-                / ceil.requests_per_sec,
-                "systeminfo_vs_hello": sysinfo.requests_per_sec / hello.requests_per_sec,
-                "hello_p99_minus_ceiling_ms": hello.p99_ms - ceil.p99_ms,
-                "systeminfo_p99_minus_ceiling_ms": sysinfo.p99_ms - ceil.p99_ms,
+                **ratios,
             }
         )
-        print(
-            f"       hello/ceiling {rounds[-1]['hello_vs_ceiling']:.3f}   "
-            f"hello-std/ceiling {rounds[-1]['hello_std_vs_ceiling']:.3f}   "
-            f"hello-epoll/ceiling {rounds[-1]['hello_epoll_vs_ceiling']:.3f}\n       "
-            f"systeminfo/hello {rounds[-1]['systeminfo_vs_hello']:.3f}   "
-            f"hello p99 - ceiling p99 {rounds[-1]['hello_p99_minus_ceiling_ms']:+.2f} ms",
-            flush=True,
+        line = (
+            f"       hello/ceiling {ratios['hello_vs_ceiling']:.3f}   "
+            f"systeminfo/hello {ratios['systeminfo_vs_hello']:.3f}   "
+            f"hello p99 - ceiling p99 {ratios['hello_p99_minus_ceiling_ms']:+.2f} ms"
         )
+        if "hello_vs_old" in ratios:
+            line += (
+                f"\n       hello-old/ceiling {ratios['hello_old_vs_ceiling']:.3f}   "
+                f"hello new/old {ratios['hello_vs_old']:.3f}   "
+                f"systeminfo new/old {ratios['systeminfo_vs_old']:.3f}"
+            )
+        if "hello_std_vs_ceiling" in ratios:
+            line += (
+                f"\n       hello-std/ceiling {ratios['hello_std_vs_ceiling']:.3f}   "
+                f"hello-epoll/ceiling {ratios['hello_epoll_vs_ceiling']:.3f}"
+            )
+        print(line, flush=True)
 
     loadedRss = rss_mb(server.pid)
+    oldLoadedRss = rss_mb(oldServer.pid) if oldServer is not None else None
     ceilingLoadedRss = rss_mb(ceiling.pid)
     reloadTimes = time_reloads(serverPort, RELOAD_PLUGIN, args.reloads)
     rssAfterReloads = rss_mb(server.pid)
-    if server.poll() is not None:
-        raise BenchError(
-            f"pluginserver exited {server.returncode} during the run:\n{log_tail(serverLog)}"
-        )
+    for name, process, log in (("pluginserver", server, serverLog), ("old", oldServer, oldLog)):
+        if process is not None and process.poll() is not None:
+            raise BenchError(f"{name} exited {process.returncode} during the run:\n{log_tail(log)}")
 
     summary = {
-        name: {
-            "requests_per_sec": median([r["results"][name]["requests_per_sec"] for r in rounds]),
-            "p50_ms": median([r["results"][name]["p50_ms"] for r in rounds]),
-            "p99_ms": median([r["results"][name]["p99_ms"] for r in rounds]),
-            "errors": sum(r["results"][name]["errors"] for r in rounds),
+        target.name: {
+            "requests_per_sec": median(
+                [r["results"][target.name]["requests_per_sec"] for r in rounds]
+            ),
+            "p50_ms": median([r["results"][target.name]["p50_ms"] for r in rounds]),
+            "p99_ms": median([r["results"][target.name]["p99_ms"] for r in rounds]),
+            "errors": sum(r["results"][target.name]["errors"] for r in rounds),
         }
-        for name in ("ceiling", "hello", "systeminfo", "hello-std", "hello-epoll")
+        for target in targets
     }
-    helloVsCeiling = median([r["hello_vs_ceiling"] for r in rounds])
-    stdVsCeiling = median([r["hello_std_vs_ceiling"] for r in rounds])
-    epollVsCeiling = median([r["hello_epoll_vs_ceiling"] for r in rounds])
-    sysVsHello = median([r["systeminfo_vs_hello"] for r in rounds])
-    p99Extra = median([r["hello_p99_minus_ceiling_ms"] for r in rounds])
+    ratioMedians = {
+        key: median([r[key] for r in rounds])
+        for key in rounds[0]
+        if key not in ("round", "results")
+    }
+    helloVsCeiling = ratioMedians["hello_vs_ceiling"]
+    sysVsHello = ratioMedians["systeminfo_vs_hello"]
+    p99Extra = ratioMedians["hello_p99_minus_ceiling_ms"]
     reloadMedian = median(reloadTimes)
     targetsMet = {
         "hello_vs_ceiling": helloVsCeiling >= TARGET_HELLO_VS_CEILING,
+        "hello_p99_vs_ceiling": p99Extra <= TARGET_P99_EXTRA_MS,
         "systeminfo_vs_hello": sysVsHello >= TARGET_SYSTEMINFO_VS_HELLO,
-        "hello_p99_extra": p99Extra <= TARGET_P99_EXTRA_MS,
         "reload_median": reloadMedian < TARGET_RELOAD_MS,
         "idle_rss": idleRss < TARGET_IDLE_RSS_MB,
     }
@@ -651,28 +782,64 @@ def _run(
     print("medians over rounds:")
     for name, s in summary.items():
         print(
-            f"  {name:<11} {s['requests_per_sec']:>9.0f} req/s  p50 {s['p50_ms']:.2f} ms  "
+            f"  {name:<{width}} {s['requests_per_sec']:>9.0f} req/s  p50 {s['p50_ms']:.2f} ms  "
             f"p99 {s['p99_ms']:.2f} ms  errors {s['errors']}"
         )
-    print(
-        f"  hello/ceiling      {helloVsCeiling:.3f}  (target >= {TARGET_HELLO_VS_CEILING}: "
-        f"{_verdict(targetsMet['hello_vs_ceiling'])})"
+    print("ratios (medians of the per-round ratios):")
+    labels = (
+        ("hello_vs_ceiling", "hello new/ceiling"),
+        ("hello_old_vs_ceiling", "hello old/ceiling"),
+        ("hello_vs_old", "hello new/old"),
+        ("systeminfo_vs_hello", "systeminfo/hello new"),
+        ("systeminfo_old_vs_hello_old", "systeminfo/hello old"),
+        ("systeminfo_vs_old", "systeminfo new/old"),
+        ("hello_std_vs_ceiling", "hello-std/ceiling"),
+        ("hello_epoll_vs_ceiling", "hello-epoll/ceiling"),
     )
-    print(f"  hello-std/ceiling  {stdVsCeiling:.3f}  (asyncio reactor, standard loop)")
-    print(f"  hello-epoll/ceiling {epollVsCeiling:.3f}  (twistd -r epoll)")
+    notes = {
+        "hello_std_vs_ceiling": "  (asyncio reactor, standard loop)",
+        "hello_epoll_vs_ceiling": "  (twistd -r epoll)",
+    }
+    for key, label in labels:
+        if key in ratioMedians:
+            print(f"  {label:<22} {ratioMedians[key]:.3f}{notes.get(key, '')}")
+    print("p99 (medians over rounds):")
+    for name in ("ceiling", "hello", "hello-old", "systeminfo", "systeminfo-old"):
+        if name in summary:
+            print(f"  {name:<22} {summary[name]['p99_ms']:.2f} ms")
+
+    print("targets (issue 18, point 5):")
     print(
-        f"  systeminfo/hello   {sysVsHello:.3f}  (target >= {TARGET_SYSTEMINFO_VS_HELLO}: "
-        f"{_verdict(targetsMet['systeminfo_vs_hello'])})"
+        f"  hello/ceiling             {helloVsCeiling:6.3f}     target >= "
+        f"{TARGET_HELLO_VS_CEILING:<5g} {_verdict(targetsMet['hello_vs_ceiling'])}"
     )
     print(
-        f"  hello p99 - ceiling p99  {p99Extra:+.2f} ms  (target <= +{TARGET_P99_EXTRA_MS:g} ms: "
-        f"{_verdict(targetsMet['hello_p99_extra'])})"
+        f"  hello p99 - ceiling p99   {p99Extra:+6.2f} ms  target <= "
+        f"{TARGET_P99_EXTRA_MS:+.2f} ms {_verdict(targetsMet['hello_p99_vs_ceiling'])}"
+        f"   (p99 {summary['hello']['p99_ms']:.2f} ms vs {summary['ceiling']['p99_ms']:.2f} ms)"
     )
+    print(
+        f"  systeminfo/hello          {sysVsHello:6.3f}     target >= "
+        f"{TARGET_SYSTEMINFO_VS_HELLO:<5g} {_verdict(targetsMet['systeminfo_vs_hello'])}"
+    )
+    if "hello_vs_old" in ratioMedians:
+        print(
+            f"  (the old server, {old.short if old else '?'}: hello/ceiling "
+            f"{ratioMedians['hello_old_vs_ceiling']:.3f}, hello p99 - ceiling p99 "
+            f"{ratioMedians['hello_old_p99_minus_ceiling_ms']:+.2f} ms, systeminfo/hello "
+            f"{ratioMedians['systeminfo_old_vs_hello_old']:.3f}; new/old "
+            f"{ratioMedians['hello_vs_old']:.3f})"
+        )
     print(
         f"memory (RSS): pluginserver idle {idleRss:.1f} MB (target < {TARGET_IDLE_RSS_MB:g}: "
         f"{_verdict(targetsMet['idle_rss'])}), loaded {loadedRss:.1f} MB, "
         f"after reloads {rssAfterReloads:.1f} MB; ceiling idle {ceilingIdleRss:.1f} MB, "
         f"loaded {ceilingLoadedRss:.1f} MB"
+        + (
+            f"; old idle {oldIdleRss:.1f} MB, loaded {oldLoadedRss:.1f} MB"
+            if oldIdleRss is not None and oldLoadedRss is not None
+            else ""
+        )
     )
     print(
         f"/reload/{RELOAD_PLUGIN} over {len(reloadTimes)} calls: median {reloadMedian:.1f} ms, "
@@ -685,17 +852,31 @@ def _run(
         path = os.path.join(workdir, "access.log")
         accessLog = os.path.getsize(path) if os.path.exists(path) else None
         print(f"access log: {'not written' if accessLog is None else f'{accessLog} bytes'}")
-    logScan = scan_log(serverLog)
-    print(
-        f"server log: {logScan['lines']} lines, {logScan['tracebacks']} tracebacks, "
-        f"{logScan['suspicious']} error-looking lines"
-    )
-    for line in logScan["first_suspicious"]:
-        print(f"  | {line}")
+    logScans = {"server": scan_log(serverLog)}
+    if oldServer is not None:
+        logScans["old"] = scan_log(oldLog)
+    for name, logScan in logScans.items():
+        print(
+            f"{name} log: {logScan['lines']} lines, {logScan['tracebacks']} tracebacks, "
+            f"{logScan['suspicious']} error-looking lines"
+        )
+        for line in logScan["first_suspicious"]:
+            print(f"  | {line}")
 
     if args.json:
         document = {
             "revision": git_revision(),
+            "old": (
+                {
+                    "rev": old.rev,
+                    "commit": old.commit,
+                    "subject": old.subject,
+                    "venv": old.venv,
+                    "versions": oldVersions,
+                }
+                if old is not None
+                else None
+            ),
             "python": platform.python_version(),
             "wrk": wrk_version(),
             "cpu_model": cpu_model(),
@@ -709,13 +890,13 @@ def _run(
                 "warmup_s": args.warmup,
                 "connections": args.connections,
                 "access_log": args.access_log,
+                "variants": variants,
             },
             "rounds": rounds,
             "medians": summary,
+            "ratio_medians": ratioMedians,
             "reactors": reactors,
             "hello_vs_ceiling_median": helloVsCeiling,
-            "hello_std_vs_ceiling_median": stdVsCeiling,
-            "hello_epoll_vs_ceiling_median": epollVsCeiling,
             "systeminfo_vs_hello_median": sysVsHello,
             "hello_p99_minus_ceiling_ms_median": p99Extra,
             "rss_mb": {
@@ -724,6 +905,8 @@ def _run(
                 "after_reloads": rssAfterReloads,
                 "ceiling_idle": ceilingIdleRss,
                 "ceiling_loaded": ceilingLoadedRss,
+                "old_idle": oldIdleRss,
+                "old_loaded": oldLoadedRss,
             },
             "reload": {
                 "plugin": RELOAD_PLUGIN,
@@ -739,7 +922,8 @@ def _run(
                 "met": targetsMet,
             },
             "access_log_bytes": accessLog,
-            "server_log": logScan,
+            "server_log": logScans["server"],
+            "old_log": logScans.get("old"),
             "noisy_runs": noisy,
         }
         with open(args.json, "w") as f:
@@ -752,67 +936,144 @@ def _run(
     return 0
 
 
+def _round_ratios(results: dict[str, WrkResult]) -> dict[str, float]:
+    """
+    One round's ratios: req/s against the ceiling, systeminfo against
+    hello, new against old, and p99 differences to the ceiling's.
+    """
+    ceil, hello, sysinfo = results["ceiling"], results["hello"], results["systeminfo"]
+    ratios = {
+        "hello_vs_ceiling": hello.requests_per_sec / ceil.requests_per_sec,
+        "systeminfo_vs_hello": sysinfo.requests_per_sec / hello.requests_per_sec,
+        "hello_p99_minus_ceiling_ms": hello.p99_ms - ceil.p99_ms,
+        "systeminfo_p99_minus_ceiling_ms": sysinfo.p99_ms - ceil.p99_ms,
+    }
+    if "hello-old" in results:
+        helloOld, sysOld = results["hello-old"], results["systeminfo-old"]
+        ratios.update(
+            {
+                "hello_old_vs_ceiling": helloOld.requests_per_sec / ceil.requests_per_sec,
+                "hello_vs_old": hello.requests_per_sec / helloOld.requests_per_sec,
+                "systeminfo_old_vs_hello_old": sysOld.requests_per_sec / helloOld.requests_per_sec,
+                "systeminfo_vs_old": sysinfo.requests_per_sec / sysOld.requests_per_sec,
+                "hello_old_p99_minus_ceiling_ms": helloOld.p99_ms - ceil.p99_ms,
+                "systeminfo_old_p99_minus_ceiling_ms": sysOld.p99_ms - ceil.p99_ms,
+            }
+        )
+    if "hello-std" in results:
+        ratios["hello_std_vs_ceiling"] = (
+            results["hello-std"].requests_per_sec / ceil.requests_per_sec
+        )
+        ratios["hello_epoll_vs_ceiling"] = (
+            results["hello-epoll"].requests_per_sec / ceil.requests_per_sec
+        )
+    return ratios
+
+
 # The target of issue 14, point 7: 2 workers against 1, total req/s, same run.
 TARGET_TWO_WORKERS = 1.3
 
 
+def workers_cpus(largest: int) -> tuple[str | None, str | None]:
+    """
+    (servers' CPUs, wrk's CPU) for the workers mode: the servers and the
+    ceiling on the first C{largest} CPUs and wrk on the next one when
+    taskset exists and there are that many CPUs; no pinning otherwise (the
+    workers then share every CPU with wrk).
+    """
+    cpus = os.cpu_count() or 1
+    if shutil.which("taskset") is None or cpus < largest + 1:
+        return None, None
+    return ("0" if largest == 1 else f"0-{largest - 1}"), str(largest)
+
+
 def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) -> int:
     """
-    The workers mode: one server per worker count, unpinned, /hello in
-    interleaved rounds, then the reload time with the largest count.
+    The workers mode: the ceiling and, per worker count, one new and one old
+    server, all on the same CPUs, /hello in interleaved rounds, then the
+    reload time with the largest count.
     """
+    old: OldTree | None = prepare_old(args.old_rev, args.rebuild_old) if args.old_rev else None
+    if old is not None:
+        describe(old, workdir)
     extra = "allowed_hosts = list:localhost 127.0.0.1 [::1]\n"
     plugins = os.path.join(REPO_DIR, "plugins")
     env = child_env()
+    largest = max(args.workers)
+    serverCpus, wrkCpu = workers_cpus(largest)
     loadBefore = os.getloadavg()
-    servers: dict[int, tuple[int, Any, str]] = {}
+    kinds = [("workers", None)] + ([("old-workers", old)] if old is not None else [])
+    ports = free_ports(1 + len(kinds) * len(args.workers))
+    ceilingPort = ports.pop()
+    ceilingLog = os.path.join(workdir, "ceiling.log")
+    ceiling = processes.start(
+        "ceiling",
+        pinned(
+            [sys.executable, os.path.join(BENCH_DIR, "ceiling.py"), str(ceilingPort)], serverCpus
+        ),
+        cwd=workdir,
+        log_path=ceilingLog,
+        env=env,
+    )
+    # name -> (worker count, port, process, log)
+    servers: dict[str, tuple[int, int, Any, str]] = {}
     for count in args.workers:
-        port = free_port()
-        while any(port == other for other, _, _ in servers.values()):
-            port = free_port()
-        log = os.path.join(workdir, f"workers-{count}.log")
-        config = write_config(workdir, port, plugins, extra + f"workers = int:{count}\n")
-        process = processes.start(
-            f"workers-{count}",
-            [
-                twistd(),
-                "-n",
-                "--pidfile",
-                os.path.join(workdir, f"workers-{count}.pid"),
-                "pluginserver",
-                "--config",
-                config,
-            ],
-            cwd=workdir,
-            log_path=log,
-            env=env,
-        )
-        servers[count] = (port, process, log)
-    for count, (port, process, log) in servers.items():
+        for kind, tree in kinds:
+            name = f"{kind}-{count}"
+            port = ports.pop()
+            log = os.path.join(workdir, f"{name}.log")
+            config = write_config(workdir, port, plugins, extra + f"workers = int:{count}\n")
+            process = processes.start(
+                name,
+                pinned(
+                    [
+                        tree.twistd if tree is not None else twistd(),
+                        "-n",
+                        "--pidfile",
+                        os.path.join(workdir, f"{name}.pid"),
+                        "pluginserver",
+                        "--config",
+                        config,
+                    ],
+                    serverCpus,
+                ),
+                cwd=workdir,
+                log_path=log,
+                env=old_env(env) if tree is not None else env,
+            )
+            servers[name] = (count, port, process, log)
+    wait_until_serving(ceilingPort, "/hello", ceiling, ceilingLog)
+    for count, port, process, log in servers.values():
         wait_until_serving(port, "/hello", process, log)
         _wait_for_workers(port, count, process, log)
-    for port, _, _ in servers.values():
+    for _, port, _, _ in servers.values():
         wait_for_packages(port, PACKAGES_WAIT)
     time.sleep(1.0)
     rss = {
-        count: sum(
+        name: sum(
             rss_mb(p.pid)
             for p in [psutil.Process(process.pid), *psutil.Process(process.pid).children()]
         )
-        for count, (_, process, _) in servers.items()
+        for name, (_, _, process, _) in servers.items()
     }
-    targets = {
-        count: Target(f"workers-{count}", port, "/hello", process.pid, tree=True)
-        for count, (port, process, _) in servers.items()
-    }
+    targets = [Target("ceiling", ceilingPort, "/hello", ceiling.pid)] + [
+        Target(name, port, "/hello", process.pid, tree=True)
+        for name, (_, port, process, _) in servers.items()
+    ]
     print(
-        f"pluginserver bench, workers mode: {git_revision()}, Python "
+        f"pluginserver bench, workers mode: new = working tree {git_revision()}, Python "
         f"{platform.python_version()}, {wrk_version()}"
     )
+    if old is not None:
+        print(f"old = {old.short} ({old.subject}), installed in {old.venv}")
+    pinning = (
+        f"servers and ceiling on CPUs {serverCpus}, wrk on CPU {wrkCpu} (taskset)"
+        if serverCpus is not None
+        else "no pinning (servers, ceiling and wrk share every CPU)"
+    )
     print(
-        f"machine: {cpu_model()}, {os.cpu_count()} CPUs; no pinning (workers and wrk share "
-        f"the CPUs); load average before start {loadBefore[0]:.2f} {loadBefore[1]:.2f} "
-        f"{loadBefore[2]:.2f}"
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {pinning}; load average before start "
+        f"{loadBefore[0]:.2f} {loadBefore[1]:.2f} {loadBefore[2]:.2f}"
     )
     print(
         f"wrk -t1 -c{args.connections} -d{args.duration:g}s --latency /hello; {args.rounds} "
@@ -820,30 +1081,69 @@ def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) ->
     )
     print(flush=True)
     if args.warmup > 0:
-        for target in targets.values():
-            run_wrk(target, args.warmup, args.connections, None)
+        for target in targets:
+            run_wrk(target, args.warmup, args.connections, wrkCpu)
+    width = max(len(target.name) for target in targets)
     print(
-        f"{'round':>5}  {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>7} {'srv cpu%':>9} {'req/cpu-s':>10}"
+        f"{'round':>5}  {'server':<{width}} {'req/s':>9} {'/worker':>9} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>7} {'srv cpu%':>9} {'req/cpu-s':>10}"
     )
+    workersOf = {name: count for name, (count, _, _, _) in servers.items()}
+    workersOf["ceiling"] = 1
     rounds: list[dict[str, Any]] = []
     for number in range(1, args.rounds + 1):
-        results: dict[int, WrkResult] = {}
-        for count, target in targets.items():
-            result = run_wrk(target, args.duration, args.connections, None)
-            results[count] = result
+        results: dict[str, WrkResult] = {}
+        for target in round_order(targets, number):
+            result = run_wrk(target, args.duration, args.connections, wrkCpu)
+            results[target.name] = result
             print(
-                f"{number:>5}  {count:>7} {result.requests_per_sec:>9.0f} {result.p50_ms:>8.2f} "
-                f"{result.p99_ms:>8.2f} {result.errors:>7} {result.server_cpu_percent:>9.0f} "
-                f"{_per_cpu_second(result):>10.0f}",
+                f"{number:>5}  {target.name:<{width}} {result.requests_per_sec:>9.0f} "
+                f"{result.requests_per_sec / workersOf[target.name]:>9.0f} "
+                f"{result.p50_ms:>8.2f} {result.p99_ms:>8.2f} {result.errors:>7} "
+                f"{result.server_cpu_percent:>9.0f} {_per_cpu_second(result):>10.0f}",
                 flush=True,
             )
-        rounds.append({"round": number, "results": {str(c): asdict(r) for c, r in results.items()}})
+        ceil = results["ceiling"]
+        ratios: dict[str, dict[str, float]] = {}
+        for name, count in workersOf.items():
+            if name == "ceiling":
+                continue
+            result = results[name]
+            ratios[name] = {
+                "per_worker_vs_ceiling": result.requests_per_sec / count / ceil.requests_per_sec,
+                "per_cpu_second_vs_ceiling": _per_cpu_second(result) / _per_cpu_second(ceil),
+                "p99_minus_ceiling_ms": result.p99_ms - ceil.p99_ms,
+                "vs_base": result.requests_per_sec
+                / results[name.rsplit("-", 1)[0] + f"-{min(args.workers)}"].requests_per_sec,
+            }
+            if name.startswith("workers-") and f"old-{name}" in results:
+                ratios[name]["vs_old"] = (
+                    result.requests_per_sec / results[f"old-{name}"].requests_per_sec
+                )
+        rounds.append(
+            {
+                "round": number,
+                "results": {name: asdict(r) for name, r in results.items()},
+                "ratios": ratios,
+            }
+        )
+        print(
+            "       per worker / ceiling: "
+            + "   ".join(
+                f"{name} {r['per_worker_vs_ceiling']:.3f}"
+                + (f" (new/old {r['vs_old']:.3f})" if "vs_old" in r else "")
+                for name, r in ratios.items()
+            ),
+            flush=True,
+        )
+
     base = min(args.workers)
-    summary: dict[int, dict[str, float]] = {}
-    for count in args.workers:
-        own = [r["results"][str(count)] for r in rounds]
-        summary[count] = {
+    summary: dict[str, dict[str, float]] = {}
+    for target in targets:
+        name = target.name
+        own = [r["results"][name] for r in rounds]
+        summary[name] = {
+            "workers": workersOf[name],
             "requests_per_sec": median([r["requests_per_sec"] for r in own]),
             "p50_ms": median([r["p50_ms"] for r in own]),
             "p99_ms": median([r["p99_ms"] for r in own]),
@@ -851,46 +1151,73 @@ def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) ->
             "requests_per_cpu_second": median(
                 [r["requests_per_sec"] * 100.0 / max(r["server_cpu_percent"], 1e-9) for r in own]
             ),
-            "vs_base": median(
-                [
-                    r["results"][str(count)]["requests_per_sec"]
-                    / r["results"][str(base)]["requests_per_sec"]
-                    for r in rounds
-                ]
-            ),
             "errors": sum(r["errors"] for r in own),
-            "rss_mb": rss[count],
         }
-    largest = max(args.workers)
-    reloadTimes = time_reloads(servers[largest][0], RELOAD_PLUGIN, args.reloads)
-    for count, (_, process, log) in servers.items():
+        if name != "ceiling":
+            summary[name]["rss_mb"] = rss[name]
+            for key in rounds[0]["ratios"][name]:
+                summary[name][key] = median([r["ratios"][name][key] for r in rounds])
+    reloadTimes = time_reloads(servers[f"workers-{largest}"][1], RELOAD_PLUGIN, args.reloads)
+    for name, (_, _, process, log) in servers.items():
         if process.poll() is not None:
-            raise BenchError(f"workers-{count} exited {process.returncode}:\n{log_tail(log)}")
+            raise BenchError(f"{name} exited {process.returncode}:\n{log_tail(log)}")
     print()
     print("medians over rounds:")
-    for count, s in summary.items():
+    for name, s in summary.items():
         print(
-            f"  {count} worker{'s' if count > 1 else ' '} {s['requests_per_sec']:>9.0f} req/s "
-            f"({s['vs_base']:.2f}x {base})  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms  "
-            f"cpu {s['server_cpu_percent']:.0f}%  {s['requests_per_cpu_second']:.0f} req/cpu-s  "
-            f"RSS {s['rss_mb']:.0f} MB  errors {s['errors']}"
+            f"  {name:<{width}} {s['requests_per_sec']:>9.0f} req/s "
+            f"({s['requests_per_sec'] / s['workers']:.0f} per worker)  p50 {s['p50_ms']:.2f} ms  "
+            f"p99 {s['p99_ms']:.2f} ms  cpu {s['server_cpu_percent']:.0f}%  "
+            f"{s['requests_per_cpu_second']:.0f} req/cpu-s"
+            + (f"  RSS {s['rss_mb']:.0f} MB" if "rss_mb" in s else "")
+            + f"  errors {s['errors']}"
+        )
+    print(
+        f"per worker against the ceiling on the same CPUs (issue 18: the same ratio as one "
+        f"process, target >= {TARGET_HELLO_VS_CEILING:g}):"
+    )
+    perWorkerMet: dict[str, bool] = {}
+    for count in args.workers:
+        new = summary[f"workers-{count}"]
+        perWorkerMet[str(count)] = new["per_worker_vs_ceiling"] >= TARGET_HELLO_VS_CEILING
+        line = (
+            f"  {count} worker{'s' if count > 1 else ' '}: req/s per worker / ceiling req/s "
+            f"{new['per_worker_vs_ceiling']:.3f} {_verdict(perWorkerMet[str(count)])}; "
+            f"req/cpu-s / ceiling's {new['per_cpu_second_vs_ceiling']:.3f}; "
+            f"p99 - ceiling p99 {new['p99_minus_ceiling_ms']:+.2f} ms"
+        )
+        if f"old-workers-{count}" in summary:
+            oldSummary = summary[f"old-workers-{count}"]
+            line += (
+                "\n             old: per worker / ceiling "
+                f"{oldSummary['per_worker_vs_ceiling']:.3f}, req/cpu-s / ceiling's "
+                f"{oldSummary['per_cpu_second_vs_ceiling']:.3f}; "
+                f"new/old req/s {new['vs_old']:.3f}"
+            )
+        print(line)
+    if serverCpus is None and largest > 1:
+        print(
+            f"  (no CPU left for wrk: {largest} workers share {os.cpu_count()} CPUs with wrk "
+            "while the single-threaded ceiling leaves wrk a CPU, so req/s per worker is low by "
+            "construction here; req/cpu-s against the ceiling's is the fairer figure)"
         )
     met: bool | None = None
-    if 1 in summary and 2 in summary:
-        met = summary[2]["vs_base"] >= TARGET_TWO_WORKERS if base == 1 else None
+    if base == 1 and 2 in args.workers:
+        twoVsOne = summary["workers-2"]["vs_base"]
+        met = twoVsOne >= TARGET_TWO_WORKERS
         print(
-            f"  2 workers / 1 worker req/s  {summary[2]['vs_base']:.2f}  (target >= "
-            f"{TARGET_TWO_WORKERS}: {_verdict(bool(met))})"
+            f"  2 workers / 1 worker req/s  {twoVsOne:.2f}  (target >= "
+            f"{TARGET_TWO_WORKERS}: {_verdict(met)})"
         )
     reloadMedian = median(reloadTimes)
     print(
         f"/reload/{RELOAD_PLUGIN} with {largest} workers over {len(reloadTimes)} calls: median "
         f"{reloadMedian:.1f} ms, min {min(reloadTimes):.1f}, max {max(reloadTimes):.1f}"
     )
-    for count, (_, _, log) in servers.items():
+    for name, (_, _, _, log) in servers.items():
         scan = scan_log(log)
         print(
-            f"workers-{count} log: {scan['lines']} lines, {scan['tracebacks']} tracebacks, "
+            f"{name} log: {scan['lines']} lines, {scan['tracebacks']} tracebacks, "
             f"{scan['suspicious']} error-looking lines"
         )
         for line in scan["first_suspicious"]:
@@ -898,10 +1225,17 @@ def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) ->
     if args.json:
         document = {
             "revision": git_revision(),
+            "old": (
+                {"rev": old.rev, "commit": old.commit, "subject": old.subject}
+                if old is not None
+                else None
+            ),
             "python": platform.python_version(),
             "wrk": wrk_version(),
             "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(),
+            "server_cpus": serverCpus,
+            "wrk_cpu": wrkCpu,
             "load_average_before": list(loadBefore),
             "settings": {
                 "rounds": args.rounds,
@@ -911,13 +1245,15 @@ def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) ->
                 "workers": args.workers,
             },
             "rounds": rounds,
-            "medians": {str(c): s for c, s in summary.items()},
+            "medians": summary,
             "reload": {
                 "plugin": RELOAD_PLUGIN,
                 "workers": largest,
                 "times_ms": reloadTimes,
                 "median_ms": reloadMedian,
             },
+            "target_per_worker_vs_ceiling": TARGET_HELLO_VS_CEILING,
+            "per_worker_target_met": perWorkerMet,
             "target_two_workers_vs_one": TARGET_TWO_WORKERS,
             "target_met": met,
         }
@@ -925,7 +1261,7 @@ def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) ->
             json.dump(document, f, indent=2)
             f.write("\n")
         print(f"wrote {args.json}")
-    if args.check and met is False:
+    if args.check and (met is False or not all(perWorkerMet.values())):
         return 1
     return 0
 
