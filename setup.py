@@ -31,6 +31,9 @@ setup(
         # The asyncio reactor's loop: the standard loop costs a tenth to a
         # quarter of the throughput (docs/operations.md, "Reactors").
         "uvloop",
+        # llhttp, Node.js's HTTP parser: every request is parsed by it
+        # (pluginserver/channel.py), in its strict mode.
+        "httptools",
     ],
     extras_require={
         # The checkers are pinned: their rules change between versions.

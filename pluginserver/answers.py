@@ -20,6 +20,7 @@ from twisted.web.http import Request
 from twisted.web.server import NOT_DONE_YET
 
 from pluginserver.plugin import RawJSON
+from pluginserver.target import BAD_TARGET
 
 JSON = b"application/json"
 
@@ -115,6 +116,8 @@ def raw_response(status: bytes, message: str, extra: tuple[tuple[bytes, bytes], 
 TOO_LARGE = raw_response(b"413 Request Entity Too Large", "request body too large")
 HEAD_TIMEOUT = raw_response(b"408 Request Timeout", "request timeout")
 BAD_REQUEST = raw_response(b"400 Bad Request", "bad request")
+BAD_REQUEST_TARGET = raw_response(b"400 Bad Request", BAD_TARGET)
+SERVER_ERROR = raw_response(b"500 Internal Server Error", "internal error")
 URI_TOO_LONG = raw_response(b"414 URI Too Long", "request line too long")
 HEADERS_TOO_LARGE = raw_response(
     b"431 Request Header Fields Too Large", "request headers too large"

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_limits,tests.test_channel -*-
 """
-The HTTP protocol layer under the resource tree: limits twisted.web does not
-have on its own.
+The site and its requests: what the server adds to twisted.web's Site and
+Request, over its own channel (L{pluginserver.channel}, which parses every
+request).
 
   - The rate limits and the auth-failure limit (L{pluginserver.ratelimit})
     are asked as soon as a request's head has arrived: a refused request is
@@ -12,15 +13,9 @@ have on its own.
     body is cut off with 413 when it passes the limit: memory never grows
     with what a client claims or sends (twisted.web has no body limit,
     twisted#4898).
-  - A request's head (request line and headers) must arrive within
-    C{header_timeout} of its first byte, however slowly it trickles in
-    (slowloris); idle keep-alive connections close after C{idle_timeout}.
-  - Pipelined requests are answered one at a time, and a client that does
-    not read its answers is not read from either: memory never grows with
-    answers a client leaves unread (twisted.web stops reading, but goes on
-    answering the requests it had already read).
-  - A client that half-closes its connection after its request (shutdown
-    of its sending side) is still answered.
+  - Every answer starts with the same headers, made once a second; errors
+    no layer above caught are answered in JSON.
+  - The access log redacts keys, and costs little per request.
   - The site knows its connections, so that a graceful stop can wait for
     the requests in flight.
 """
@@ -33,40 +28,27 @@ from time import perf_counter as _now
 from typing import Any, Protocol, TextIO
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.base import DelayedCall
-from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
-from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToString
+from twisted.web.http import NO_BODY_CODES, combinedLogFormatter, datetimeToString, parse_qs
 from twisted.web.http_headers import Headers
-from twisted.web.server import Request, Site
-from zope.interface import implementer  # type: ignore[import-untyped]
+from twisted.web.error import UnsupportedMethod
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pluginserver.answers import (
-    BAD_REQUEST,
     DEFAULT_HEADERS,
-    HEAD_TIMEOUT,
-    HEADERS_TOO_LARGE,
     INTERNAL_ERROR,
     TOO_LARGE,
     TOO_MANY_REQUESTS,
-    URI_TOO_LONG,
     error,
     too_many_requests,
 )
+from pluginserver.channel import PluginServerChannel
 from pluginserver.config import Settings
 from pluginserver.metrics import Metrics
 from pluginserver.ratelimit import Limits, retry_after
 
-_NO_METHOD_YET = Request.method  # what a request's method is until it is received
-
-LINGER = 2.0
-"""
-Seconds a refused connection is still read (and the data dropped) after
-the answer: closing at once, with unread data, makes the kernel send a reset
-that can destroy the answer before the client reads it.
-"""
+__all__ = ["PluginServerChannel", "PluginServerRequest", "PluginServerSite"]
 
 
 def _bulk_header_setter() -> Any:
@@ -137,15 +119,50 @@ class PluginServerRequest(Request):
         layer (absent until it has seen the request).
     """
 
-    channel: PluginServerChannel
+    channel: PluginServerChannel  # type: ignore[assignment]
     site: PluginServerSite
     route: str
 
     defaultContentType = b"application/json"
+    persistent = True
+    """Whether the connection may stay open after this answer (the client
+    said C{Connection: close}, or spoke HTTP/1.0, or sent an Upgrade)."""
+    expectsContinue = False
+    """The client waits for C{100 Continue} before it sends the body."""
+    _args: dict[bytes, list[bytes]] | None = None
     _refused = False
     _received = 0
     # Seconds to wait, for a request refused by a limit before its body.
     _limited = 0.0
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
+        """
+        The query's fields, and a urlencoded POST form's, as twisted.web
+        gives them; parsed when first asked for (the web layer parses the
+        arguments itself, so for plugin routes they never are).
+        """
+        if self._args is None:
+            # What twisted.web's requestReceived does: the query, then a
+            # urlencoded POST form's fields in place of the query's.
+            args = parse_qs(self.uri.partition(b"?")[2], 1)
+            contentType = self.getHeader(b"content-type") or b""
+            content = self.content
+            if (
+                self.method == b"POST"
+                and content is not None
+                and contentType.split(b";", 1)[0].strip().lower()
+                == b"application/x-www-form-urlencoded"
+            ):
+                content.seek(0)
+                args.update(parse_qs(content.read(), 1))
+                content.seek(0)
+            self._args = args
+        return self._args
+
+    @args.setter
+    def args(self, value: dict[bytes, list[bytes]]) -> None:
+        self._args = value
 
     def gotLength(self, length: int | None) -> None:
         site = self.channel.site
@@ -208,10 +225,52 @@ class PluginServerRequest(Request):
         if self._limited:
             self._tooMany()
             return
+        resource = site.resource
         try:
-            self.render(site.resource)
+            try:
+                body = resource.render(self)
+            except UnsupportedMethod:
+                # twisted.web's answer to it (405 or 501; HEAD as GET): it
+                # renders again, which such a resource allows.
+                self.render(resource)
+                return
+            if body is not NOT_DONE_YET:
+                self._answer(body)
         except BaseException:
             self.processingFailed(Failure())
+
+    def _answer(self, body: Any) -> None:
+        """
+        Send the body a resource returned and finish: what twisted.web's
+        C{Request.render} does with it, in one write to the transport when
+        nothing but a plain answer with a length is asked for (nearly
+        always), and through twisted.web's own C{write} otherwise.
+        """
+        if not isinstance(body, bytes):
+            raise TypeError(f"the resource returned {type(body).__name__}, not bytes")
+        length = b"%d" % (len(body),)
+        headers = self.responseHeaders
+        channel = self.channel
+        if (
+            self.method == b"HEAD"
+            or self.code in NO_BODY_CODES
+            or self.startedWriting
+            or self.cookies
+            or self.etag is not None
+            or self.lastModified is not None
+            or self._encoder is not None
+            or channel is None
+        ):
+            if self.method != b"HEAD" or body:
+                headers.setRawHeaders(b"content-length", [length])
+            self.write(body if self.method != b"HEAD" else b"")
+            self.finish()
+            return
+        headers.setRawHeaders(b"content-length", [length])
+        self.startedWriting = 1
+        self.sentLength = len(body)
+        channel.writeAnswer(self.clientproto, self.code, self.code_message, headers, body)
+        self.finish()
 
     def _tooMany(self) -> None:
         """
@@ -243,252 +302,6 @@ class PluginServerRequest(Request):
         self.write(INTERNAL_ERROR)
         self.finish()
         return reason
-
-
-@implementer(IHalfCloseableProtocol)
-class PluginServerChannel(HTTPChannel):
-    """
-    An HTTP channel with a deadline for each request's head, JSON answers
-    for heads it cannot accept, back-pressure on pipelined requests, and
-    answers for clients that half-close.
-
-    Back-pressure: twisted.web answers pipelined requests one at a time and
-    registers the channel as its transport's producer, so that a full send
-    buffer pauses the channel.  But it only stops I{reading}: the requests
-    it has already read are parsed and answered all the same, each answer
-    adding to the unsent buffer (200 pipelined requests for 512 KiB each,
-    sent in one packet, grew the process by about 190 MB).  Here an answer the
-    client has not read yet holds the next request back (C{_held}) until
-    the transport has sent it; and the channel stops reading while it
-    writes (twisted.web reads on while a request is handled, to see a
-    client go away, and its 16 KiB cap on what it reads ahead is skipped
-    while the transport is paused).
-
-    Half-close: a client may shut down its sending side once its request
-    is sent (C{shutdown(SHUT_WR)}); TCP then reports the end of the data
-    to an L{IHalfCloseableProtocol} instead of closing, and the channel
-    answers what it received before it closes.  (Over TLS the TLS layer
-    ends the whole connection at the end of the data, as before.)
-    """
-
-    site: PluginServerSite  # set by Site.buildProtocol
-    # What reactor.callLater gives (IDelayedCall names the interface, whose
-    # methods mypy cannot call without the mypy-zope plugin).
-    _headDeadline: DelayedCall | None = None
-    _refusing: DelayedCall | None = None
-    # twisted.web's: the transport as an IPushProducer (typed loosely:
-    # mypy cannot call a zope Interface's methods).
-    _networkProducer: Any
-    # The next request waits until the transport has sent the last answer.
-    _held = False
-    # The client sent its end of data: answer what came, then close.
-    _readClosed = False
-    # The idle timeout, kept running while a request is handled (see
-    # setTimeout); None when it is not paused.
-    _idlePausedAt: float | None = None
-    _idleFiredWhilePaused = False
-    _receivingWhole = False
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.site.channels.add(self)
-
-    # -- the idle timeout -----------------------------------------------------
-
-    def allContentReceived(self) -> None:
-        self._receivingWhole = True
-        try:
-            super().allContentReceived()
-        finally:
-            self._receivingWhole = False
-
-    def setTimeout(self, period: float | None) -> float | None:
-        """
-        twisted.web turns the idle timeout off while it handles a request
-        and on again when the answer is done: a timer cancelled and another
-        made for every request, which on the asyncio reactor also re-arms
-        the loop's own timer (7% of a trivial request's time, profiled).
-        Here the timer keeps running while a request is handled and is only
-        pushed back when it is done; if it fires meanwhile, nothing happens
-        (the connection is not idle) and a new one starts with the answer.
-        """
-        if period is None and self._receivingWhole and self.timeOut is not None:
-            if self._idlePausedAt is None:
-                self._idlePausedAt = self.timeOut
-            return self.timeOut
-        paused, self._idlePausedAt = self._idlePausedAt, None
-        if paused is not None:
-            fired, self._idleFiredWhilePaused = self._idleFiredWhilePaused, False
-            if period == paused and not fired:
-                self.resetTimeout()
-                return None
-            # As if it had been turned off: the running timer goes, if any.
-            super().setTimeout(None)
-            if period is None:
-                return None
-        previous: float | None = super().setTimeout(period)
-        return previous
-
-    def timeoutConnection(self) -> None:
-        if self._idlePausedAt is not None:
-            self._idleFiredWhilePaused = True  # handling a request: not idle
-            return
-        super().timeoutConnection()
-
-    def _headPending(self) -> bool:
-        """
-        Whether a request's head has begun to arrive and is not complete: a
-        partial line is buffered, or a request line was read and the
-        request not yet received whole.
-        """
-        if not self.line_mode:
-            return False  # reading a body: idle_timeout watches that
-        if self._buffer:
-            # Held requests wait for the client to read, not to send.
-            return not self._held
-        return bool(self.requests) and self.requests[-1].method == _NO_METHOD_YET
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._refusing is not None:
-            return
-        super().dataReceived(data)
-        # Almost every head arrives whole, in one read, and is answered
-        # before we get here: only an incomplete one costs a timer.
-        if self._headDeadline is None:
-            if self._refusing is None and self._headPending():
-                self._headDeadline = self.callLater(self.site.header_timeout, self._headTimedOut)
-        elif not self._headPending():
-            self._cancelHeadDeadline()
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        # The request exists once its request line has been read.
-        self.refuse(HEADERS_TOO_LARGE if self.requests else URI_TOO_LONG)
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # twisted.web's own answer to a malformed head, or one over its
-        # header limits (500 headers, 16 KiB in all): an empty 400.
-        size = getattr(self, "_receivedHeaderSize", 0)
-        count = getattr(self, "_receivedHeaderCount", 0)
-        if size > self.totalHeadersSize or count > self.maxHeaders:
-            self.refuse(HEADERS_TOO_LARGE)
-        else:
-            self.refuse(BAD_REQUEST)
-
-    def _cancelHeadDeadline(self) -> None:
-        if self._headDeadline is not None:
-            if self._headDeadline.active():
-                self._headDeadline.cancel()
-            self._headDeadline = None
-
-    def _headTimedOut(self) -> None:
-        self._headDeadline = None
-        if self._headPending():
-            self.refuse(HEAD_TIMEOUT)
-
-    def refuse(self, response: bytes) -> None:
-        """
-        Answer with C{response} and close the connection, reading and
-        dropping what the client still sends for a moment (see L{LINGER}).
-        """
-        if self._refusing is not None or self.transport is None:
-            return
-        self._cancelHeadDeadline()
-        self.setTimeout(None)
-        # An ITCPTransport (abortConnection) or TLS transport; typed loosely
-        # because mypy cannot call a zope Interface's methods.
-        transport: Any = self.transport
-        # Stop LineReceiver's loop over the lines already buffered.
-        self.paused = True
-        transport.write(response)
-        self._refusing = self.callLater(LINGER, transport.abortConnection)
-        if ISSLTransport.providedBy(transport) or not hasattr(transport, "loseWriteConnection"):
-            # TLS has no half-close of its own: its close_notify ends both
-            # directions (and twisted's TLS transport fails on a half-close).
-            transport.loseConnection()
-        else:
-            transport.loseWriteConnection()
-
-    # -- back-pressure ----------------------------------------------------------
-
-    def requestDone(self, request: http.Request) -> None:
-        if self._waitingForTransport and self.persistent and self._refusing is None:
-            # The client has not read this answer: parse nothing more (the
-            # LineReceiver stops at self.paused, what it has stays in its
-            # buffer) and read nothing more until the transport has sent it.
-            self._held = True
-            self.paused = True
-            self._networkProducer.pauseProducing()
-        super().requestDone(request)
-        if self._readClosed:
-            self._closeIfAnswered()
-
-    def pauseProducing(self) -> None:
-        super().pauseProducing()
-        if self._handlingRequest:
-            # twisted.web leaves reading on here: the answer being written
-            # is not read, so neither is what the client sends meanwhile.
-            self._networkProducer.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()  # reads again unless a request is handled
-        if self._held:
-            self._held = False
-            if self._refusing is None:
-                self.paused = False
-                self.dataReceived(b"")  # parse and answer the next request
-            if self._readClosed:
-                self._closeIfAnswered()
-        elif self._handlingRequest and (
-            sum(map(len, self._dataBuffer)) <= self._optimisticEagerReadSize
-        ):
-            # As twisted.web does while it handles a request: read ahead,
-            # up to its cap (rawDataReceived pauses past it).
-            self._networkProducer.resumeProducing()
-
-    # -- half-close ------------------------------------------------------------
-
-    def readConnectionLost(self) -> None:
-        """
-        The client will send nothing more: answer the requests it sent, then
-        close.  (Also called again when reading resumes after the end.)
-        """
-        self._readClosed = True
-        self._cancelHeadDeadline()  # a partial head can never complete now
-        if self._refusing is not None:
-            # Nothing more to drain: the refusal is said, end it here.
-            transport: Any = self.transport
-            transport.loseConnection()
-            return
-        self._closeIfAnswered()
-
-    def writeConnectionLost(self) -> None:
-        """
-        Our sending side is shut down: only L{refuse} does that, and it
-        keeps reading for a moment; anything else ends the connection.
-        """
-        if self._refusing is None:
-            self.loseConnection()
-
-    def _closeIfAnswered(self) -> None:
-        """
-        Close a connection whose client half-closed once nothing it sent is
-        waiting for an answer: no request being handled or held, and no
-        parse under way (a request answered within it may be followed by
-        others in the buffer).  What is left is an incomplete head, which
-        can no longer complete.
-        """
-        if self._handlingRequest or self._held or self._busyReceiving:
-            return
-        transport: Any = self.transport
-        if transport is not None and not transport.disconnecting:
-            self.loseConnection()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.site.channels.discard(self)
-        self._cancelHeadDeadline()
-        if self._refusing is not None and self._refusing.active():
-            self._refusing.cancel()
-        super().connectionLost(reason)
 
 
 ACCESS_LOG_BUFFER = 65536

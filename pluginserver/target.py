@@ -31,6 +31,9 @@ from urllib.parse import unquote_to_bytes
 
 import attr
 
+BAD_TARGET = "bad request target"
+"""What a client is told of a target that is not a path (nor an absolute URL)."""
+
 
 class BadTarget(Exception):  # noqa: N818 - named after what it reports
     """
@@ -104,7 +107,7 @@ def parse_path(path: bytes) -> Target:
         (400) or is spelled in a way no route is served under (404).
     """
     if path[:1] != b"/":
-        raise BadTarget(400, "bad request target")
+        raise BadTarget(400, BAD_TARGET)
     if _NEEDS_CHECKING(path) is None:
         # Nearly every path: nothing encoded, no empty or dot segment.
         first, _, rest = path[1:].partition(b"/")

@@ -82,7 +82,7 @@ from pluginserver.security import (
     preflight_headers,
 )
 from pluginserver.streams import Streams
-from pluginserver.target import BadTarget, Target, parse_path, split_absolute
+from pluginserver.target import BAD_TARGET, BadTarget, Target, parse_path, split_absolute
 from pluginserver.webui import DASHBOARD, dashboard_tree, redirect_to_dashboard
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ class PluginServerResource(Resource):
         if request.path[:1] != b"/":
             absolute = split_absolute(request.path)
             if absolute is None:
-                return error(request, 400, "bad request target")
+                return error(request, 400, BAD_TARGET)
             # RFC 9112 §3.2.2: the target's host replaces any Host header.
             authority, request.path = absolute
             hosts = [authority]
@@ -436,7 +436,7 @@ class PluginServerResource(Resource):
         refused anyway.  Also sets the route label of its metrics.
         """
         policy = self._policy
-        target = getattr(request.channel, "_path", b"").split(b"?", 1)[0]
+        target = request.path
         if target[:1] != b"/":
             absolute = split_absolute(target)
             if absolute is None:

@@ -277,6 +277,9 @@ class ResponseTests(TestCase):
             data=b"not multipart at all",
             headers={"Content-Type": "multipart/form-data; boundary=B"},
         )
-        # (twisted.web refuses a malformed multipart POST itself, in JSON;
-        # the same body on PUT is ours to refuse.)
-        self.assertEqual((answer.status, answer.json()), (400, {"error": "bad request"}))
+        # POST and PUT alike: the web layer parses forms, and says what is
+        # wrong (twisted.web's channel refused a POST's before, saying only
+        # "bad request").
+        self.assertEqual(
+            (answer.status, answer.json()), (400, {"error": "malformed multipart body"})
+        )
