@@ -278,7 +278,9 @@ class PluginServerChannel(Protocol):
     def _stopAfterUpgrade(self) -> None:
         self._upgraded = True
         if self.requests:
-            self.requests[-1].persistent = False
+            request = self.requests[-1]
+            request.persistent = False
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         else:
             self.refuse(BAD_REQUEST)
 

@@ -30,9 +30,9 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.error import UnsupportedMethod
 from twisted.web.http import NO_BODY_CODES, combinedLogFormatter, datetimeToString, parse_qs
 from twisted.web.http_headers import Headers
-from twisted.web.error import UnsupportedMethod
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pluginserver.answers import (

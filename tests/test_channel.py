@@ -360,6 +360,36 @@ class HalfCloseTests(ChannelCase):
         self.assertTrue(self.transport.disconnecting)
 
 
+class FramingTests(ChannelCase):
+    """
+    What llhttp's framing means for a connection: an Upgrade request is
+    answered and ends the connection; a client that expects C{100
+    Continue} gets it before it sends its body, and then its answer.
+    """
+
+    def test_upgradeIsAnsweredThenClosed(self) -> None:
+        self.channel.dataReceived(
+            b"GET /hello?n=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n" + get(b"/hello?n=2")
+        )
+        sent = self.transport.value()
+        self.assertEqual(responses(sent), [(200, b"1")])
+        self.assertIn(b"\r\nConnection: close\r\n", sent)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_continueBeforeTheBody(self) -> None:
+        self.channel.dataReceived(
+            b"POST /hello?n=7 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        self.assertEqual(self.transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.transport.clear()
+        self.channel.dataReceived(b"{}")
+        self.assertEqual(responses(self.transport.value()), [(200, b"7")])
+        self.assertFalse(self.transport.disconnecting)
+
+
 class BacklogTests(TestCase):
     """
     The listen backlog each endpoint string gets.
