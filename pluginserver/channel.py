@@ -56,6 +56,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.tcp import Server
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -223,6 +224,8 @@ class PluginServerChannel(Protocol):
         self._headBytes = 0
         transport.registerProducer(self, True)
         self._registered = True
+        # A TCP connection's socket (ISystemHandle): see _send.
+        self._socket: Any = transport.getHandle() if isinstance(transport, Server) else None
         self.site.channels.add(self)
         self._lastActive = self._seconds()
         if self.timeOut is not None:
@@ -395,7 +398,7 @@ class PluginServerChannel(Protocol):
                     self._refuseNow(self._pending)
                 elif requests and requests[0].expectsContinue and not self._held:
                     requests[0].expectsContinue = False
-                    self.transport.write(_CONTINUE)
+                    self._send(_CONTINUE)
         finally:
             self._running = False
         self._updateReading()
@@ -447,7 +450,7 @@ class PluginServerChannel(Protocol):
             for value in values:
                 head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
-        self.transport.write(b"".join(head))
+        self._send(b"".join(head))
 
     def writeAnswer(
         self, version: bytes, code: int, reason: bytes, headers: Headers, body: bytes
@@ -460,13 +463,46 @@ class PluginServerChannel(Protocol):
             for value in values:
                 head += (name, b": ", value, b"\r\n")
         head += (b"\r\n", body)
-        self.transport.write(b"".join(head))
+        self._send(b"".join(head))
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._send(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        self.transport.writeSequence(data)
+        self._send(b"".join(data))
+
+    def _send(self, data: bytes) -> None:
+        """
+        Write C{data}: straight to the socket while nothing waits in the
+        transport's buffer, else through the transport.
+
+        Twisted's TCP transport never sends in C{write}: it registers for
+        writability and sends on the loop's next turn, a registration and an
+        unregistration with the event loop per answer, which on the asyncio
+        reactor are the dearest calls of a small request (a fifth of its
+        time, profiled under wrk).  An answer the socket takes whole (nearly
+        every answer) is sent here at once, as asyncio's own transports do.
+        Once the socket does not take everything, the rest and everything
+        after it go through the transport, in order, for the rest of the
+        connection; so do TLS and every other transport from the start, and
+        everything once the connection is closing (the transport may then
+        close the socket, and its number be reused).  Measured: half the
+        system calls per request (strace), 1.06x the requests per second
+        (wrk, six interleaved rounds).
+        """
+        sock = self._socket
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except OSError:
+                # Full (EAGAIN), or failed: the transport sends it, or sees
+                # the failure and ends the connection, as it would have.
+                sent = 0
+            if sent == len(data):
+                return
+            self._socket = None
+            data = data[sent:]
+        self.transport.write(data)
 
     def getPeer(self) -> Any:
         return self._peer
@@ -508,6 +544,7 @@ class PluginServerChannel(Protocol):
         Close once what is written has been sent.
         """
         self._closing = True
+        self._socket = None
         transport = self.transport
         if transport is None:
             return
@@ -635,7 +672,8 @@ class PluginServerChannel(Protocol):
         if self._readPaused:
             self._readPaused = False
             transport.resumeProducing()
-        transport.write(response)
+        self._send(response)
+        self._socket = None
         self._refusing = self.callLater(LINGER, transport.abortConnection)
         if ISSLTransport.providedBy(transport) or not hasattr(transport, "loseWriteConnection"):
             # TLS has no half-close of its own: its close_notify ends both
@@ -685,6 +723,7 @@ class PluginServerChannel(Protocol):
             self.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._socket = None
         self.site.channels.discard(self)
         self._cancelHeadDeadline()
         for call in (self._idleCall, self._refusing, self._abortingCall):
