@@ -390,6 +390,95 @@ class FramingTests(ChannelCase):
         self.assertFalse(self.transport.disconnecting)
 
 
+HUGE = 16 * 1048576  # bytes of an answer no socket buffer takes at once
+
+
+class _Sizes(Resource):
+    """
+    C{/huge?n=N} answers N and L{HUGE} bytes, anything else its C{n}; each
+    answer is written in two parts (head, then body), as Klein's are.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        n = request.args.get(b"n", [b"-"])[0]
+        body = n + b" " + b"h" * HUGE if request.path == b"/huge" else n
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        request.write(b"")  # the head alone
+        request.write(body)
+        request.finish()
+        return NOT_DONE_YET
+
+
+def exchange_pipelined(port: int, data: bytes, count: int) -> list[tuple[int, bytes]]:
+    """
+    Send C{data} on a fresh connection and read until C{count} answers have
+    arrived whole.
+    """
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(data)
+        while len(responses(received)) < count:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            received += chunk
+    return responses(received)
+
+
+class SocketTests(TestCase):
+    """
+    The channel over a real TCP connection: answers go straight to the
+    socket while it takes them, and through the transport, in order, from
+    the first it does not take whole; Nagle's algorithm is off, so that an
+    answer written in parts never waits for the client's delayed ACK.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.site = PluginServerSite(_Sizes(), reactor=reactor)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(self.port.stopListening)
+
+    def tearDown(self) -> Any:
+        for channel in list(self.site.channels):
+            channel.transport.abortConnection()
+        return sleep(0.05)
+
+    @defer.inlineCallbacks
+    def test_pipelinedAnswersPastAFullSocketStayInOrder(self) -> Any:
+        port = self.port.getHost().port
+        data = get(b"/small?n=1") + get(b"/huge?n=2") + get(b"/small?n=3")
+        found = yield deferToThread(exchange_pipelined, port, data, 3)
+        self.assertEqual(
+            [(status, body[:2]) for status, body in found],
+            [(200, b"1"), (200, b"2 "), (200, b"3")],
+        )
+        self.assertEqual(len(found[1][1]), HUGE + 2)
+
+    @defer.inlineCallbacks
+    def test_noDelay(self) -> Any:
+        port = self.port.getHost().port
+
+        def ask() -> tuple[socket.socket, bytes]:
+            s = socket.create_connection(("127.0.0.1", port), timeout=20)
+            s.sendall(get(b"/small?n=1"))
+            received = b""
+            while not responses(received):
+                received += s.recv(65536)
+            return s, received
+
+        client, received = yield deferToThread(ask)
+        try:
+            self.assertEqual(responses(received), [(200, b"1")])
+            (channel,) = self.site.channels
+            self.assertTrue(channel.transport.getTcpNoDelay())
+        finally:
+            client.close()
+
+
 class BacklogTests(TestCase):
     """
     The listen backlog each endpoint string gets.
