@@ -1,7 +1,8 @@
 """
-Per-request cost of the request path, in process and without a network: a
-real HTTPChannel fed keep-alive requests through an in-memory transport, for
-pluginserver's site and for a bare twisted.web Resource side by side.
+Per-request cost of the request path, in process and without a network:
+keep-alive requests fed through an in-memory transport to pluginserver's
+site (its own llhttp channel) and to a bare twisted.web Resource (twisted's
+HTTPChannel), side by side.
 
 Quieter than wrk (no sockets, no second process), so it is the tool for
 profiling and for comparing two versions of the request path; wrk
