@@ -146,6 +146,18 @@ def _header_filler() -> Callable[[Headers, list[tuple[bytes, bytes]]], None]:
 _fill_headers = _header_filler()
 
 
+def _head(version: bytes, code: bytes, reason: bytes, headers: Headers) -> list[bytes]:
+    """
+    The pieces of an answer's head: status line, header lines, blank line.
+    """
+    head = [version, b" ", code, b" ", reason, b"\r\n"]
+    for name, values in headers.getAllRawHeaders():
+        for value in values:
+            head += (name, b": ", value, b"\r\n")
+    head.append(b"\r\n")
+    return head
+
+
 class _Stop(Exception):  # noqa: N818 - stops parsing, reports nothing
     """
     Raised in a parser callback to stop parsing: the channel has refused
@@ -451,24 +463,16 @@ class PluginServerChannel(Protocol):
     # -- what twisted.web's Request needs of its channel -----------------------
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        head = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                head += (name, b": ", value, b"\r\n")
-        head.append(b"\r\n")
-        self._send(b"".join(head))
+        self._send(b"".join(_head(version, code, reason, headers)))
 
     def writeAnswer(
-        self, version: bytes, code: int, reason: bytes, headers: Headers, body: bytes
+        self, version: bytes, code: bytes, reason: bytes, headers: Headers, body: bytes
     ) -> None:
         """
         Write a whole answer, head and body, in one write.
         """
-        head = [version, b" %d " % (code,), reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                head += (name, b": ", value, b"\r\n")
-        head += (b"\r\n", body)
+        head = _head(version, code, reason, headers)
+        head.append(body)
         self._send(b"".join(head))
 
     def write(self, data: bytes) -> None:

@@ -269,7 +269,9 @@ class PluginServerRequest(Request):
         headers.setRawHeaders(b"content-length", [length])
         self.startedWriting = 1
         self.sentLength = len(body)
-        channel.writeAnswer(self.clientproto, self.code, self.code_message, headers, body)
+        channel.writeAnswer(
+            self.clientproto, b"%d" % (self.code,), self.code_message, headers, body
+        )
         self.finish()
 
     def _tooMany(self) -> None:
