@@ -46,6 +46,7 @@ from tests.helpers import HELLO, PushBackTransport
 from tests.process import Server, sleep
 
 BIG = 524288  # bytes of "a" in a big answer: eight times a transport's buffer
+TOO_LARGE_BODY = b'{"error":"request body too large"}'  # the 413's body
 
 # -- in memory --------------------------------------------------------------
 
@@ -265,6 +266,33 @@ class PipeliningTests(ChannelCase):
         self.assertEqual(self.transport.producerState, "paused")
         self.transport.drain()
         self.assertEqual(self.transport.producerState, "producing")
+
+    def test_aRefusalIsAnsweredInTurn(self) -> None:
+        """
+        A request refused as it arrives (here: a body over the limit,
+        behind a request still being handled) is refused after the answers
+        before it, never ahead of them.
+        """
+        self.site.max_body = 10
+        self.channel.dataReceived(
+            get(b"/slow?n=1")
+            + b"POST /hello?n=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 400\r\n\r\n"
+        )
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(0.3)
+        sent = self.transport.value()
+        self.assertEqual(responses(sent)[:2], [(200, b"1"), (413, TOO_LARGE_BODY)])
+        self.assertTrue(self.transport.writeClosed)
+
+    def test_aBodyArrivesWhileTheRequestBeforeIsHandled(self) -> None:
+        self.channel.dataReceived(
+            get(b"/slow?n=1")
+            + b"POST /hello?n=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\nab"
+        )
+        self.channel.dataReceived(b"cd")
+        self.clock.advance(0.3)
+        self.assertEqual(responses(self.transport.value()), [(200, b"1"), (200, b"2")])
+        self.assertFalse(self.transport.disconnecting)
 
     def test_theLastAnswerBeforeCloseIsNotHeld(self) -> None:
         """
