@@ -57,6 +57,30 @@ def twistd() -> str:
     return candidate
 
 
+def pluginserver_command(
+    workdir: str,
+    name: str,
+    config: str,
+    executable: str | None = None,
+    twistd_args: Sequence[str] = (),
+) -> list[str]:
+    """
+    The command that runs pluginserver with C{config} under twistd in the
+    foreground, its pidfile C{name}.pid in C{workdir}; C{executable} is
+    another venv's twistd, C{twistd_args} options such as C{-r epoll}.
+    """
+    return [
+        executable or twistd(),
+        "-n",
+        "--pidfile",
+        os.path.join(workdir, f"{name}.pid"),
+        *twistd_args,
+        "pluginserver",
+        "--config",
+        config,
+    ]
+
+
 def write_config(
     directory: str,
     port: int,

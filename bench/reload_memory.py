@@ -41,8 +41,8 @@ from _harness import (
     free_port,
     http_get,
     log_tail,
+    pluginserver_command,
     run_with_processes,
-    twistd,
     wait_until_serving,
     write_config,
 )
@@ -172,15 +172,7 @@ def _run(args: argparse.Namespace, processes: Processes, workdir: str) -> int:
     logPath = os.path.join(workdir, "twistd.log")
     server = processes.start(
         "pluginserver",
-        [
-            twistd(),
-            "-n",
-            "--pidfile",
-            os.path.join(workdir, "twistd.pid"),
-            "pluginserver",
-            "--config",
-            config,
-        ],
+        pluginserver_command(workdir, "twistd", config),
         cwd=workdir,
         log_path=logPath,
         env=child_env(),

@@ -74,10 +74,10 @@ from _harness import (
     http_get,
     log_tail,
     pinned,
+    pluginserver_command,
     rss_mb,
     run_with_processes,
     server_cpus,
-    twistd,
     wait_until_serving,
     write_config,
 )
@@ -570,16 +570,7 @@ def _run(
         return processes.start(
             name,
             pinned(
-                [
-                    executable or twistd(),
-                    "-n",
-                    "--pidfile",
-                    os.path.join(workdir, f"{name}.pid"),
-                    *twistdArgs,
-                    "pluginserver",
-                    "--config",
-                    config,
-                ],
+                pluginserver_command(workdir, name, config, executable, twistdArgs),
                 serverCpu,
             ),
             cwd=workdir,
@@ -1026,15 +1017,9 @@ def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) ->
             process = processes.start(
                 name,
                 pinned(
-                    [
-                        tree.twistd if tree is not None else twistd(),
-                        "-n",
-                        "--pidfile",
-                        os.path.join(workdir, f"{name}.pid"),
-                        "pluginserver",
-                        "--config",
-                        config,
-                    ],
+                    pluginserver_command(
+                        workdir, name, config, tree.twistd if tree is not None else None
+                    ),
                     serverCpus,
                 ),
                 cwd=workdir,
