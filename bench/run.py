@@ -369,6 +369,19 @@ def time_reloads(port: int, name: str, calls: int) -> list[float]:
     return times
 
 
+def print_log_scan(name: str, scan: dict[str, Any]) -> None:
+    """
+    Say what a server's log held: its size, tracebacks and error-looking
+    lines (the first of which are shown).
+    """
+    print(
+        f"{name} log: {scan['lines']} lines, {scan['tracebacks']} tracebacks, "
+        f"{scan['suspicious']} error-looking lines"
+    )
+    for line in scan["first_suspicious"]:
+        print(f"  | {line}")
+
+
 def scan_log(path: str) -> dict[str, Any]:
     """
     Count the server log's lines, tracebacks and error-looking lines, and
@@ -847,12 +860,7 @@ def _run(
     if oldServer is not None:
         logScans["old"] = scan_log(oldLog)
     for name, logScan in logScans.items():
-        print(
-            f"{name} log: {logScan['lines']} lines, {logScan['tracebacks']} tracebacks, "
-            f"{logScan['suspicious']} error-looking lines"
-        )
-        for line in logScan["first_suspicious"]:
-            print(f"  | {line}")
+        print_log_scan(name, logScan)
 
     if args.json:
         document = {
@@ -1200,13 +1208,7 @@ def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) ->
         f"{reloadMedian:.1f} ms, min {min(reloadTimes):.1f}, max {max(reloadTimes):.1f}"
     )
     for name, (_, _, _, log) in servers.items():
-        scan = scan_log(log)
-        print(
-            f"{name} log: {scan['lines']} lines, {scan['tracebacks']} tracebacks, "
-            f"{scan['suspicious']} error-looking lines"
-        )
-        for line in scan["first_suspicious"]:
-            print(f"  | {line}")
+        print_log_scan(name, scan_log(log))
     if args.json:
         document = {
             "revision": git_revision(),
