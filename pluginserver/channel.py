@@ -114,36 +114,25 @@ def _canonical(name: bytes) -> bytes:
     return key
 
 
-def _header_filler() -> Callable[[Headers, list[tuple[bytes, bytes]]], None]:
+_DIRECT = isinstance(getattr(Headers(), "_rawHeaders", None), dict)
+"""
+Whether parsed headers can go straight into twisted.web's Headers dict,
+under the names Headers itself gives them (see L{_canonical}); adding them
+one by one through its API cost as much as all the rest of parsing a
+request.  llhttp has already refused any value Headers would have to clean
+(a CR, an LF).  Through the public API if that dict ever goes away.
+"""
+
+
+def _put_headers(headers: Headers, raw: dict[bytes, list[bytes]]) -> None:
     """
-    Put parsed headers in a request's Headers.  Adding them one by one
-    costs as much as all the rest of parsing a request: llhttp has already
-    refused any value Headers would have to clean (a CR, an LF), so they go
-    straight into Headers' dict, under the names Headers itself gives
-    them; through the public API if that dict ever goes away.
+    Give C{headers} the parsed headers C{raw}, by canonical name.
     """
-    if not isinstance(getattr(Headers(), "_rawHeaders", None), dict):  # pragma: no cover
-
-        def slow(headers: Headers, pairs: list[tuple[bytes, bytes]]) -> None:
-            for name, value in pairs:
-                headers.addRawHeader(name, value)
-
-        return slow
-
-    def fast(headers: Headers, pairs: list[tuple[bytes, bytes]]) -> None:
-        raw = headers._rawHeaders
-        for name, value in pairs:
-            key = _canonical(name)
-            values = raw.get(key)
-            if values is None:
-                raw[key] = [value]
-            else:
-                values.append(value)
-
-    return fast
-
-
-_fill_headers = _header_filler()
+    if _DIRECT:
+        headers._rawHeaders = raw
+        return
+    for name, values in raw.items():  # pragma: no cover - a future twisted.web
+        headers.setRawHeaders(name, values)
 
 
 def _head(version: bytes, code: bytes, reason: bytes, headers: Headers) -> list[bytes]:
@@ -228,7 +217,10 @@ class PluginServerChannel(Protocol):
         reactor: Any = self.site.reactor  # typed loosely: a zope Interface
         self._seconds: Callable[[], float] = reactor.seconds
         # Parsing state of the message being read.
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: dict[bytes, list[bytes]] = {}
+        self._headerCount = 0
+        self._length: int | None = 0
+        self._expect = False
         self._target = b""
         self._headSize = 0
         self._inHead = False
@@ -310,7 +302,10 @@ class PluginServerChannel(Protocol):
     def on_message_begin(self) -> None:
         self._inHead = True
         self._begun = True
-        self._headers = []
+        self._headers = {}
+        self._headerCount = 0
+        self._length = 0  # no length and not chunked: no body
+        self._expect = False
         self._target = b""
         self._headSize = 0
 
@@ -320,12 +315,25 @@ class PluginServerChannel(Protocol):
             self._refuseParsing(URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        headers.append((name, value))
         size = len(name) + len(value) + 4
         self._headSize += size
-        if size > MAX_HEADER or self._headSize > MAX_HEADER or len(headers) > MAX_HEADERS:
+        self._headerCount += 1
+        if size > MAX_HEADER or self._headSize > MAX_HEADER or self._headerCount > MAX_HEADERS:
             self._refuseParsing(HEADERS_TOO_LARGE)
+        key = _canonical(name)
+        values = self._headers.get(key)
+        if values is None:
+            self._headers[key] = [value]
+        else:
+            values.append(value)
+        if len(name) in (6, 14, 17):
+            lowered = name.lower()
+            if lowered == b"content-length":
+                self._length = int(value)  # llhttp has checked it is one number
+            elif lowered == b"transfer-encoding":
+                self._length = None  # llhttp has checked it ends in chunked
+            elif lowered == b"expect":
+                self._expect = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         self._inHead = False
@@ -342,20 +350,8 @@ class PluginServerChannel(Protocol):
         request.uri = target
         request.path = target.partition(b"?")[0]
         request.clientproto = version
-        length: int | None = 0  # no length and not chunked: no body
-        expect = False
-        headers: Headers = request.requestHeaders
-        pairs = self._headers
-        _fill_headers(headers, pairs)
-        for name, value in pairs:
-            if len(name) in (6, 14, 17):
-                lowered = name.lower()
-                if lowered == b"content-length":
-                    length = int(value)
-                elif lowered == b"transfer-encoding":
-                    length = None  # llhttp has checked it ends in chunked
-                elif lowered == b"expect":
-                    expect = value.lower() == b"100-continue"
+        _put_headers(request.requestHeaders, self._headers)
+        length = self._length
         if not parser.should_keep_alive():
             request.persistent = False
             if version == b"HTTP/1.1":
@@ -365,7 +361,7 @@ class PluginServerChannel(Protocol):
         request.gotLength(length)  # limits may refuse it here
         if self._pending is not None or self._refusing is not None:
             raise _Stop()
-        if expect and version == b"HTTP/1.1" and length != 0:
+        if self._expect and version == b"HTTP/1.1" and length != 0:
             request.expectsContinue = True
 
     def on_body(self, body: bytes) -> None:
