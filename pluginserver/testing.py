@@ -30,6 +30,8 @@ Plugins themselves run on the real reactor, as trial runs it.
 
 This module knows nothing of any HTTP client library: it speaks HTTP/1.1
 bytes itself, and L{Server.send} writes raw bytes for tests of framing.
+L{read_answers} reads the answers in the bytes a server wrote on any
+connection, the way this client reads its own.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ from __future__ import annotations
 import itertools
 import json as _json
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote, urlencode, urlsplit
 
 import attr
@@ -59,7 +62,7 @@ from pluginserver.service import DaemonThreadPool
 from pluginserver.site import PluginServerChannel, PluginServerSite
 from pluginserver.web import PluginServerResource
 
-__all__ = ["Answer", "Server", "serve"]
+__all__ = ["Answer", "Reading", "Server", "read_answers", "serve"]
 
 _packages = itertools.count(1)
 _ports = itertools.count(50000)
@@ -78,12 +81,17 @@ class Answer:
     @ivar status: the status code.
     @ivar headers: every header as sent (C{Content-Length} included), in a
         L{Headers}: C{answer.headers.getRawHeaders("content-type")}.
-    @ivar body: the body, de-chunked; empty for C{HEAD}, 204 and 304.
+    @ivar body: the body, de-chunked; empty for C{HEAD}, 1xx, 204 and 304.
+    @ivar version: the HTTP version of its status line (C{b"HTTP/1.1"}).
+    @ivar chunks: the chunks of a chunked body, as they were sent; L{None}
+        when the body was not chunked.
     """
 
     status: int
     headers: Headers = attr.ib(repr=False)
     body: bytes
+    version: bytes = attr.ib(default=b"HTTP/1.1", kw_only=True)
+    chunks: tuple[bytes, ...] | None = attr.ib(default=None, kw_only=True, repr=False)
 
     def json(self) -> Any:
         """
@@ -91,71 +99,226 @@ class Answer:
         """
         return _json.loads(self.body)
 
+    @overload
+    def header(self, name: str) -> str | None: ...
 
-def _parse(raw: bytes, method: bytes, closed: bool) -> Answer | None:
-    """
-    The first complete answer in C{raw}, the bytes a server wrote in
-    answer to a request with C{method}; L{None} while it is incomplete.
+    @overload
+    def header(self, name: bytes) -> bytes | None: ...
 
-    Interim answers (C{100 Continue}) are skipped.  The body is framed as
-    RFC 9112 §6.3 says: none for C{HEAD}, 1xx, 204 and 304; chunked;
-    C{Content-Length}; or else everything until the server closes
-    (C{closed}).
+    def header(self, name: str | bytes) -> str | bytes | None:
+        """
+        The values of the header C{name} (in any case) joined into one, as
+        C{", "} joins a list; L{None} when it was not sent.  Read a header
+        that must not be joined (C{Set-Cookie}) from L{headers}.
+        """
+        if isinstance(name, str):
+            text = self.headers.getRawHeaders(name)
+            return None if text is None else ", ".join(text)
+        raw = self.headers.getRawHeaders(name)
+        return None if raw is None else b", ".join(raw)
+
+
+def _interim(status: int) -> bool:
+    # A 101 is final: it answers the upgraded request, and ends HTTP.
+    return 100 <= status < 200 and status != 101
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class Reading:
     """
-    start = 0
-    while True:
-        end = raw.find(b"\r\n\r\n", start)
-        if end < 0:
-            return None
-        lines = raw[start:end].split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        start = end + 4
-        if not (100 <= status < 200 and status != 101):
+    What a client reads in the bytes a server wrote on a connection; made
+    by L{read_answers}.
+
+    @ivar answers: the complete answers, in order, interim ones (C{100
+        Continue}) included.
+    @ivar leftover: the bytes after them: an answer not complete yet, what
+        follows a C{101 Switching Protocols}, or bytes that are no answer.
+    @ivar error: why the leftover is no answer (a malformed status line,
+        header field, length or chunk); L{None} when it is only incomplete,
+        empty, or after a C{101}.
+    """
+
+    answers: tuple[Answer, ...]
+    leftover: bytes
+    error: str | None = None
+
+    @property
+    def final(self) -> tuple[Answer, ...]:
+        """
+        The answers less the interim ones: one for each request answered.
+        """
+        return tuple(a for a in self.answers if not _interim(a.status))
+
+    @property
+    def interim(self) -> tuple[Answer, ...]:
+        """
+        The interim answers (1xx but C{101}), which answer no request.
+        """
+        return tuple(a for a in self.answers if _interim(a.status))
+
+
+_TEXT = rb"[\t\x20-\x7e\x80-\xff]"
+"""A byte of a reason phrase, field value or chunk extension: no control
+but HTAB."""
+
+_STATUS_LINE = re.compile(rb"(HTTP/1\.[01]) ([1-5][0-9][0-9])(?: %b*)?" % _TEXT)
+_FIELD = re.compile(rb"([!#$%%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(%b*?)[ \t]*" % _TEXT)
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)(?:[ \t]*;%b*)?" % _TEXT)
+
+
+class _IncompleteError(Exception):
+    """
+    The answer has not all arrived yet.
+    """
+
+
+class _MalformedError(Exception):
+    """
+    What the server wrote is no answer; the message says why.
+    """
+
+
+def read_answers(
+    data: bytes, methods: Sequence[bytes] | None = (), closed: bool = False
+) -> Reading:
+    """
+    Read the answers in C{data}, the bytes a server wrote on a connection,
+    as a strict client does (RFC 9112): bytes that are no answer stop the
+    reading and are left over, so that a test sees them, never an answer
+    made of them.
+
+    @param methods: the methods of the requests, in order: the n-th final
+        answer answers C{methods[n]}, or a C{GET} past their end.  An answer
+        to C{HEAD} has no body, whatever its headers say.  L{None} when they
+        are not known (bytes a fuzzer made): then an answer with a
+        C{Content-Length} is taken as one to C{HEAD} when nothing follows
+        its head, or the next status line does; so read what a connection
+        carried to its end.
+    @param closed: whether the server has closed the connection: a body
+        framed by neither chunks nor a C{Content-Length} runs to the end of
+        C{data} then, and is incomplete until then.
+    """
+    answers: list[Answer] = []
+    answered = 0  # final answers so far
+    position = 0
+    while position < len(data):
+        method = b"GET" if methods is None or answered >= len(methods) else methods[answered]
+        try:
+            answer, end = _answer(data, position, method, methods is None, closed)
+        except _IncompleteError:
             break
-    headers = Headers()
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers.addRawHeader(name.strip(), value.strip())
-    if method == b"HEAD" or status < 200 or status in (204, 304):
-        return Answer(status, headers, b"")
-    codings = b",".join(headers.getRawHeaders(b"transfer-encoding", []))
-    if b"chunked" in codings.lower():
-        return _dechunk(raw, start, status, headers)
-    length = headers.getRawHeaders(b"content-length")
-    if length is not None:
-        size = int(length[0])
-        if len(raw) - start < size:
-            return None
-        return Answer(status, headers, raw[start : start + size])
-    return Answer(status, headers, raw[start:]) if closed else None
+        except _MalformedError as e:
+            return Reading(tuple(answers), data[position:], str(e))
+        answers.append(answer)
+        position = end
+        if not _interim(answer.status):
+            answered += 1
+        if answer.status == 101:  # what follows is another protocol's
+            break
+    return Reading(tuple(answers), data[position:])
 
 
-def _dechunk(raw: bytes, start: int, status: int, headers: Headers) -> Answer | None:
+def _answer(
+    data: bytes, start: int, method: bytes, guessHead: bool, closed: bool
+) -> tuple[Answer, int]:
     """
-    A chunked body from C{raw[start:]}, or L{None} until its last chunk and
-    trailer section have arrived.
+    The answer at C{data[start:]} to a request with C{method}, and where it
+    ends.  Its body is framed as RFC 9112 §6.3 says: none for C{HEAD}, 1xx,
+    204 and 304; chunks; a C{Content-Length}; or else the end of the
+    connection.
+
+    @raise _IncompleteError: it has not all arrived.
+    @raise _MalformedError: it is no answer.
+    """
+    lineEnd = data.find(b"\r\n", start)
+    if lineEnd < 0:
+        raise _IncompleteError()
+    line = _STATUS_LINE.fullmatch(data, start, lineEnd)
+    if line is None:
+        raise _MalformedError(f"not a status line: {data[start:lineEnd]!r}")
+    headEnd = data.find(b"\r\n\r\n", lineEnd)
+    if headEnd < 0:
+        raise _IncompleteError()
+    headers = _fields(data[lineEnd + 2 : headEnd + 2])
+    version, status, bodyStart = line[1], int(line[2]), headEnd + 4
+    encodings = b",".join(headers.getRawHeaders(b"transfer-encoding", [])).lower()
+    codings = [coding.strip() for coding in encodings.split(b",") if coding.strip()]
+    lengths = headers.getRawHeaders(b"content-length")
+    if lengths is not None and (len(lengths) != 1 or not lengths[0].isdigit()):
+        raise _MalformedError(f"not one Content-Length: {lengths!r}")
+    if lengths is not None and codings:
+        raise _MalformedError("a Content-Length and a Transfer-Encoding")
+
+    def answer(body: bytes, chunks: tuple[bytes, ...] | None = None) -> Answer:
+        return Answer(status, headers, body, version=version, chunks=chunks)
+
+    if method == b"HEAD" or status < 200 or status in (204, 304):
+        return answer(b""), bodyStart
+    if guessHead and lengths and data[bodyStart : bodyStart + 5] in (b"", b"HTTP/"):
+        return answer(b""), bodyStart
+    if codings[-1:] == [b"chunked"]:
+        if b"chunked" in codings[:-1]:
+            raise _MalformedError("chunked twice")
+        chunks, end = _dechunk(data, bodyStart)
+        return answer(b"".join(chunks), chunks), end
+    if lengths:
+        end = bodyStart + int(lengths[0])
+        if len(data) < end:
+            raise _IncompleteError()
+        return answer(data[bodyStart:end]), end
+    if not closed:  # the body ends with the connection
+        raise _IncompleteError()
+    return answer(data[bodyStart:]), len(data)
+
+
+def _fields(lines: bytes) -> Headers:
+    """
+    The header fields of C{lines}, each ended by CRLF.
+
+    @raise _MalformedError: one is not C{name: value}.
+    """
+    headers = Headers()
+    for line in lines.split(b"\r\n")[:-1]:
+        field = _FIELD.fullmatch(line)
+        if field is None:
+            raise _MalformedError(f"not a header field: {line!r}")
+        headers.addRawHeader(field[1], field[2])
+    return headers
+
+
+def _dechunk(data: bytes, position: int) -> tuple[tuple[bytes, ...], int]:
+    """
+    The chunks of the chunked body at C{data[position:]}, and where it
+    ends, after its trailer section (checked, not kept).
+
+    @raise _IncompleteError: it has not all arrived.
+    @raise _MalformedError: a chunk size, a chunk's end or a trailer is wrong.
     """
     chunks: list[bytes] = []
-    position = start
     while True:
-        lineEnd = raw.find(b"\r\n", position)
+        lineEnd = data.find(b"\r\n", position)
         if lineEnd < 0:
-            return None
-        size = int(raw[position:lineEnd].split(b";", 1)[0], 16)
-        position = lineEnd + 2
-        if size == 0:
+            raise _IncompleteError()
+        size = _CHUNK_SIZE.fullmatch(data, position, lineEnd)
+        if size is None:
+            raise _MalformedError(f"not a chunk size: {data[position:lineEnd]!r}")
+        position, length = lineEnd + 2, int(size[1], 16)
+        if length == 0:
             break
-        if len(raw) < position + size + 2:
-            return None
-        chunks.append(raw[position : position + size])
-        position += size + 2
-    while True:  # trailer lines, up to the empty line that ends the answer
-        lineEnd = raw.find(b"\r\n", position)
-        if lineEnd < 0:
-            return None
-        if lineEnd == position:
-            return Answer(status, headers, b"".join(chunks))
-        position = lineEnd + 2
+        end = position + length
+        if len(data) < end + 2:
+            raise _IncompleteError()
+        if data[end : end + 2] != b"\r\n":
+            raise _MalformedError(f"a chunk of {length} bytes not ended by CRLF")
+        chunks.append(data[position:end])
+        position = end + 2
+    if data.startswith(b"\r\n", position):  # no trailers
+        return tuple(chunks), position + 2
+    end = data.find(b"\r\n\r\n", position)
+    if end < 0:
+        raise _IncompleteError()
+    _fields(data[position : end + 2])
+    return tuple(chunks), end + 4
 
 
 class _Connection(StringTransport):
@@ -193,15 +356,19 @@ class _Connection(StringTransport):
         if self._settled:
             return
         received: bytes = self.io.getvalue()
-        answer = _parse(received, self._method, self.disconnecting)
-        if answer is None and not self.disconnecting:
+        reading = read_answers(received, [self._method], self.disconnecting)
+        result: Answer | Failure
+        if reading.final:  # interim answers (100 Continue) are skipped
+            result = reading.final[0]
+        elif reading.error is not None:
+            result = Failure(ValueError(f"the server wrote no answer: {reading.error}"))
+        elif self.disconnecting:
+            reason = "the server closed the connection before a complete answer"
+            result = Failure(ConnectionLost(f"{reason}: {received!r}"))
+        else:
             return
         self._settled = True
-        if answer is None:
-            reason = "the server closed the connection before a complete answer"
-            self._server._ready(self, Failure(ConnectionLost(f"{reason}: {received!r}")))
-        else:
-            self._server._ready(self, answer)
+        self._server._ready(self, result)
 
     def close(self) -> None:
         """
@@ -413,7 +580,8 @@ class Server:
         first answer, after which the client closes the connection.  An
         answer the server gives at once has fired when C{send} returns.
         Fails with L{ConnectionLost} when the server closes the connection
-        without a complete answer.
+        without a complete answer, and with L{ValueError} when what it
+        writes is no answer.
         """
         connection = _Connection(self, data.split(b" ", 1)[0])
         self._connections.add(connection)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -40,6 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pluginserver.site import PluginServerChannel, PluginServerRequest, PluginServerSite
+from pluginserver.testing import read_answers
 from pluginserver.tls import DEFAULT_BACKLOG, listener_problem, tls_endpoint
 from tests.certs import make_certificate
 from tests.helpers import HELLO, PushBackTransport
@@ -86,21 +86,13 @@ class _Answers(Resource):
 
 def responses(data: bytes) -> list[tuple[int, bytes]]:
     """
-    The complete responses in C{data} (each with a Content-Length), as
-    (status, body).
+    The complete answers in C{data} (to requests that are not C{HEAD}), as
+    (status, body); bytes that are no answer fail the test.
     """
-    found = []
-    while data:
-        head, separator, rest = data.partition(b"\r\n\r\n")
-        if not separator:
-            break
-        match = re.search(rb"(?im)^content-length: *(\d+)", head)
-        length = int(match.group(1)) if match else 0
-        if len(rest) < length:
-            break
-        found.append((int(head.split(b" ", 2)[1]), rest[:length]))
-        data = rest[length:]
-    return found
+    reading = read_answers(data)
+    if reading.error is not None:
+        raise ValueError(f"{reading.error}: {reading.leftover!r}")
+    return [(answer.status, answer.body) for answer in reading.answers]
 
 
 def get(path: bytes, close: bool = False) -> bytes:

@@ -39,7 +39,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
@@ -59,105 +58,29 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pluginserver.site import PluginServerSite
+from pluginserver.testing import Answer, read_answers
 from tests.helpers import PushBackTransport
 
 # -- answers as a client reads them -------------------------------------------
 
 
-@dataclass
-class Answer:
+def answers(data: bytes, methods: Sequence[bytes] = (), closed: bool = False) -> list[Answer]:
     """
-    One HTTP response as read off the wire.
-
-    @ivar headers: each header's values, by lower-cased name.
-    @ivar chunks: the chunks of a chunked body (L{None}: not chunked).
+    The complete answers in C{data}, by L{read_answers}: the n-th answers
+    a request made with C{methods[n]} (GET if not given); a body framed by
+    neither chunks nor a length runs to the end of C{data} if the
+    connection is C{closed}.  Bytes that are no answer fail the test.
     """
-
-    version: bytes
-    status: int
-    headers: dict[bytes, list[bytes]]
-    body: bytes
-    chunks: list[bytes] | None = None
-
-    def header(self, name: bytes) -> bytes | None:
-        values = self.headers.get(name.lower())
-        return b", ".join(values) if values is not None else None
-
-
-def _dechunk(data: bytes) -> tuple[list[bytes], bytes] | None:
-    """
-    A chunked body at the start of C{data}: its chunks and what follows it,
-    or L{None} if it is not complete yet.
-    """
-    chunks: list[bytes] = []
-    while True:
-        line, separator, data = data.partition(b"\r\n")
-        if not separator:
-            return None
-        size = int(line.split(b";")[0].strip(), 16)
-        if size == 0:
-            while True:  # trailers, up to an empty line
-                line, separator, data = data.partition(b"\r\n")
-                if not separator:
-                    return None
-                if not line:
-                    return chunks, data
-        if len(data) < size + 2:
-            return None
-        if data[size : size + 2] != b"\r\n":
-            raise ValueError(f"chunk of {size} bytes not followed by CRLF: {data[: size + 8]!r}")
-        chunks.append(data[:size])
-        data = data[size + 2 :]
-
-
-def answers(data: bytes, methods: Sequence[bytes] = ()) -> list[Answer]:
-    """
-    The complete responses in C{data}.  The n-th answers a request made
-    with C{methods[n]} (GET if not given): a HEAD answer has no body, nor
-    has a 1xx, 204 or 304.  A body is delimited by its chunks, else by its
-    Content-Length, else by the end of the connection (then it runs to the
-    end of C{data}: check that the connection was closed).
-    """
-    found: list[Answer] = []
-    while data:
-        head, separator, rest = data.partition(b"\r\n\r\n")
-        if not separator:
-            break
-        lines = head.split(b"\r\n")
-        version, status = lines[0].split(b" ", 2)[:2]
-        headers: dict[bytes, list[bytes]] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise ValueError(f"not a header line: {line!r}")
-            headers.setdefault(name.strip().lower(), []).append(value.strip())
-        method = methods[len(found)] if len(found) < len(methods) else b"GET"
-        code = int(status)
-        chunks = None
-        if method == b"HEAD" or code in (204, 304) or code < 200:
-            body = b""
-        elif b"chunked" in b",".join(headers.get(b"transfer-encoding", [])).lower():
-            dechunked = _dechunk(rest)
-            if dechunked is None:
-                break
-            chunks, rest = dechunked
-            body = b"".join(chunks)
-        elif b"content-length" in headers:
-            length = int(headers[b"content-length"][0])
-            if len(rest) < length:
-                break
-            body, rest = rest[:length], rest[length:]
-        else:
-            body, rest = rest, b""
-        found.append(Answer(version, code, headers, body, chunks))
-        data = rest
-    return found
+    reading = read_answers(data, methods, closed)
+    if reading.error is not None:
+        raise ValueError(f"{reading.error}: {reading.leftover!r}")
+    return list(reading.answers)
 
 
 def bodies_by_httptools(data: bytes) -> list[bytes]:
     """
     The bodies of the responses in C{data} as llhttp (httptools) reads
-    them: a second opinion on the framing, independent of L{answers}.
+    them: a second opinion on the framing, independent of L{read_answers}.
     """
     bodies: list[bytes] = []
     parts: list[bytes] = []
@@ -583,7 +506,7 @@ class KleinTests(WebCase):
         self.assertEqual(answer.body, b"made")
         self.assertEqual(answer.header(b"content-type"), b"text/plain; charset=utf-8")
         self.assertEqual(answer.header(b"location"), b"/made/1")
-        self.assertEqual(answer.headers[b"x-two"], [b"first", b"second"])
+        self.assertEqual(answer.headers.getRawHeaders(b"x-two"), [b"first", b"second"])
 
     def test_argsFromTheQuery(self) -> None:
         """
@@ -820,7 +743,7 @@ class ResourceTests(WebCase):
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.header(b"transfer-encoding"), b"chunked")
         self.assertIsNone(answer.header(b"content-length"))
-        self.assertEqual(answer.chunks, [b"Hello, ", b"chunked ", b"world"])
+        self.assertEqual(answer.chunks, (b"Hello, ", b"chunked ", b"world"))
         self.assertEqual(bodies_by_httptools(data), [b"Hello, chunked world"])
 
     def test_notDoneYet(self) -> None:
@@ -918,7 +841,7 @@ class ResourceTests(WebCase):
         """
         self.channel.dataReceived(get(b"/chunked", version=b"HTTP/1.0"))
         self.assertTrue(self.transport.disconnecting)
-        (answer,) = answers(self.transport.value())
+        (answer,) = answers(self.transport.value(), closed=True)
         self.assertEqual((answer.version, answer.status), (b"HTTP/1.0", 200))
         self.assertIsNone(answer.header(b"transfer-encoding"))
         self.assertIsNone(answer.chunks)

@@ -59,6 +59,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
 from pluginserver.site import PluginServerSite
+from pluginserver.testing import Answer, Reading, read_answers
 from tests.helpers import PushBackTransport
 
 
@@ -612,104 +613,13 @@ _BUFFER = st.sampled_from([65536, 1])
 
 
 @dataclass(frozen=True)
-class Answer:
-    """
-    One response: its status, headers (names lower-cased) and body.
-    """
-
-    status: int
-    headers: dict[bytes, list[bytes]]
-    body: bytes
-
-    def header(self, name: bytes) -> list[bytes]:
-        return self.headers.get(name, [])
-
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: [^\r\n]*)?")
-
-
-def _dechunk(data: bytes) -> tuple[bytes, bytes] | None:
-    """
-    A chunked body at the start of C{data} and what follows it, or L{None}
-    if it is incomplete or broken.
-    """
-    body = b""
-    while True:
-        line, separator, data = data.partition(b"\r\n")
-        if not separator:
-            return None
-        try:
-            size = int(line.split(b";")[0], 16)
-        except ValueError:
-            return None
-        if size == 0:
-            if data.startswith(b"\r\n"):
-                return body, data[2:]
-            end = data.find(b"\r\n\r\n")  # after the trailers
-            return None if end == -1 else (body, data[end + 4 :])
-        if len(data) < size + 2 or data[size : size + 2] != b"\r\n":
-            return None
-        body += data[:size]
-        data = data[size + 2 :]
-
-
-def responses(data: bytes) -> tuple[list[Answer], bytes]:
-    """
-    The complete responses in C{data}, interim ones included, and what
-    follows them that is not a complete response.
-
-    A body is framed by chunks or a Content-Length; an answer to a HEAD has
-    a Content-Length and no body: it is known as such when what follows it
-    is the next response or nothing (no body here starts with C{HTTP/}).
-    """
-    found: list[Answer] = []
-    while data:
-        head, separator, rest = data.partition(b"\r\n\r\n")
-        if not separator:
-            break
-        lines = head.split(b"\r\n")
-        status = _STATUS_LINE.fullmatch(lines[0])
-        if status is None:
-            break
-        headers: dict[bytes, list[bytes]] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon:
-                return found, data
-            headers.setdefault(name.strip().lower(), []).append(value.strip())
-        code = int(status.group(1))
-        lengths = headers.get(b"content-length", [])
-        if code < 200 or code in (204, 304):
-            body = b""
-        elif b"chunked" in b",".join(headers.get(b"transfer-encoding", [])).lower():
-            dechunked = _dechunk(rest)
-            if dechunked is None:
-                break
-            body, rest = dechunked
-        elif lengths:
-            if len(lengths) != 1 or not lengths[0].isdigit():
-                break
-            length = int(lengths[0])
-            if not rest or rest.startswith(b"HTTP/"):
-                body = b""
-            elif len(rest) < length:
-                break
-            else:
-                body, rest = rest[:length], rest[length:]
-        else:
-            body, rest = rest, b""  # delimited by the end of the connection
-        found.append(Answer(code, headers, body))
-        data = rest
-    return found, data
-
-
-@dataclass(frozen=True)
 class Exchange:
     """
     What came of one connection.
 
-    @ivar answers: the complete responses written, interim ones included.
-    @ivar leftover: what was written after them.
+    @ivar reading: the complete responses written, interim ones included,
+        and what was written after them, as L{read_answers} reads them
+        (the requests' methods unknown, the connection closed).
     @ivar closing: whether the server closed (or half-closed, or aborted)
         the connection.
     @ivar stalled: whether the server stopped reading for good before all
@@ -717,21 +627,9 @@ class Exchange:
     """
 
     output: bytes
-    answers: list[Answer]
-    leftover: bytes
+    reading: Reading
     closing: bool
     stalled: bool
-
-    @property
-    def final(self) -> list[Answer]:
-        """
-        The answers, less the interim ones.
-        """
-        return [answer for answer in self.answers if answer.status >= 200]
-
-    @property
-    def interim(self) -> list[Answer]:
-        return [answer for answer in self.answers if answer.status < 200]
 
 
 def _closing(transport: PushBackTransport) -> bool:
@@ -779,8 +677,8 @@ class FuzzCase(TestCase):
         errors = self.flushLoggedErrors()
         self.assertEqual([error.getTraceback() for error in errors], [])
         self.assertEqual(clock.getDelayedCalls(), [])
-        answers, leftover = responses(transport.received)
-        exchange = Exchange(transport.received, answers, leftover, closing, stalled)
+        reading = read_answers(transport.received, methods=None, closed=True)
+        exchange = Exchange(transport.received, reading, closing, stalled)
         self.assertSound(exchange)
         return exchange
 
@@ -791,12 +689,12 @@ class FuzzCase(TestCase):
         traceback.  An error, or an answer that says it closes, is the last
         one, and the connection is closing.
         """
-        self.assertEqual(exchange.leftover, b"", exchange.output)
+        self.assertEqual(exchange.reading.leftover, b"", exchange.output)
         self.assertNotIn(b"Traceback", exchange.output)
         self.assertNotIn(b'File "', exchange.output)
-        for answer in exchange.interim:
+        for answer in exchange.reading.interim:
             self.assertEqual(answer.status, 100, exchange.output)
-        final = exchange.final
+        final = exchange.reading.final
         for i, answer in enumerate(final):
             if answer.status >= 400:
                 body = json.loads(answer.body)
@@ -808,7 +706,7 @@ class FuzzCase(TestCase):
                     self.assertEqual(
                         sorted(json.loads(answer.body)), ["body", "id", "method"], answer
                     )
-            closes = b"close" in b",".join(answer.header(b"connection")).lower()
+            closes = b"close" in (answer.header(b"connection") or b"").lower()
             if answer.status >= 400 or closes:
                 self.assertEqual(i, len(final) - 1, exchange.output)
                 self.assertTrue(exchange.closing, exchange.output)
@@ -862,10 +760,10 @@ class ValidRequestTests(FuzzCase):
 
     def assertAnswered(self, sent: list[Sent], exchange: Exchange) -> None:
         self.assertFalse(exchange.stalled)
-        self.assertEqual(len(exchange.final), len(sent), exchange.output)
-        for answer, request in zip(exchange.final, sent, strict=True):
+        self.assertEqual(len(exchange.reading.final), len(sent), exchange.output)
+        for answer, request in zip(exchange.reading.final, sent, strict=True):
             self.assertEchoes(answer, request)
-        self.assertLessEqual(len(exchange.interim), sum(s.expects for s in sent))
+        self.assertLessEqual(len(exchange.reading.interim), sum(s.expects for s in sent))
         self.assertEqual(exchange.closing, not sent[-1].persistent, exchange.output)
 
     @_fuzz(200)
@@ -921,11 +819,11 @@ class MalformedTests(FuzzCase):
         wire = b"".join(s.wire for s in before) + bad + b"".join(s.wire for s in after)
         reads = data.draw(_reads(wire), label="reads")
         exchange = self.converse(reads, bufferSize)
-        answered = [answer for answer in exchange.final if answer.status < 400]
+        answered = [answer for answer in exchange.reading.final if answer.status < 400]
         self.assertLessEqual(len(answered), len(before), exchange.output)
         for answer, request in zip(answered, before, strict=False):
             self.assertEchoes(answer, request)
-        self.assertLessEqual(len(exchange.final), len(answered) + 1, exchange.output)
+        self.assertLessEqual(len(exchange.reading.final), len(answered) + 1, exchange.output)
         self.assertTrue(exchange.closing, (kind, exchange.output))
 
 
@@ -947,5 +845,5 @@ class MutationTests(FuzzCase):
         sent, wire = mutated
         reads = data.draw(_reads(wire), label="reads")
         exchange = self.converse(reads, bufferSize)
-        answered = [answer for answer in exchange.final if answer.status < 400]
+        answered = [answer for answer in exchange.reading.final if answer.status < 400]
         self.assertLessEqual(len(answered), len(sent), exchange.output)

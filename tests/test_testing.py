@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.trial.unittest import TestCase
 
-from pluginserver.testing import Answer, Server, serve
+from pluginserver.testing import Answer, Server, read_answers, serve
 from tests.helpers import HELLO, PluginDir, plugin_source
 
 ECHO = """
@@ -388,3 +388,157 @@ class RequestTests(TestCase):
             server.send(raw("POST", "/echo", "Host: localhost", "Content-Length: 11"))
         )
         self.assertEqual(answer.status, 413)
+
+
+def answer(status: bytes, *fields: bytes, body: bytes = b"") -> bytes:
+    """
+    An answer's bytes: C{b"200 OK"}, its header fields, then C{body}.
+    """
+    return b"HTTP/1.1 " + status + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
+
+
+OK = answer(b"200 OK", b"Content-Length: 2", body=b"ok")
+CHUNKED = answer(
+    b"200 OK",
+    b"Transfer-Encoding: chunked",
+    body=b"5\r\nHello\r\n8;name=value\r\n, chunky\r\n0\r\nX-Trailer: yes\r\n\r\n",
+)
+
+
+class ReadAnswersTests(TestCase):
+    """
+    L{read_answers} reads the answers in the bytes a server wrote, and
+    leaves over what is not yet, or not at all, an answer.
+    """
+
+    def test_contentLength(self) -> None:
+        reading = read_answers(
+            answer(b"201 Created", b"Content-Length: 4", b"X-Two: a", b"x-two: b", body=b"made")
+        )
+        (made,) = reading.answers
+        self.assertEqual((made.version, made.status, made.body), (b"HTTP/1.1", 201, b"made"))
+        self.assertIsNone(made.chunks)
+        self.assertEqual(made.headers.getRawHeaders(b"x-two"), [b"a", b"b"])
+        self.assertEqual((made.header(b"X-TWO"), made.header("x-two")), (b"a, b", "a, b"))
+        self.assertIsNone(made.header("missing"))
+        self.assertEqual((reading.leftover, reading.error), (b"", None))
+
+    def test_chunkedWithTrailers(self) -> None:
+        """
+        A chunked body is de-chunked (its chunks kept too), with its chunk
+        extensions and trailer section read past.
+        """
+        (chunked, after) = read_answers(CHUNKED + OK).answers
+        self.assertEqual(chunked.body, b"Hello, chunky")
+        self.assertEqual(chunked.chunks, (b"Hello", b", chunky"))
+        self.assertIsNone(chunked.headers.getRawHeaders(b"x-trailer"))
+        self.assertEqual(after.body, b"ok")
+
+    def test_head(self) -> None:
+        """
+        An answer to HEAD has no body, whatever its length says.
+        """
+        head = answer(b"200 OK", b"Content-Length: 10")
+        reading = read_answers(head + OK, [b"HEAD", b"GET"])
+        self.assertEqual([(a.status, a.body) for a in reading.answers], [(200, b""), (200, b"ok")])
+        self.assertEqual(reading.leftover, b"")
+        # Taken for a GET's, its body would be the next answer's start.
+        self.assertEqual(read_answers(head + OK).answers[0].body, OK[:10])
+
+    def test_headGuessed(self) -> None:
+        """
+        With the methods unknown, an answer with a length is one to HEAD
+        when nothing, or the next answer, follows its head.
+        """
+        head = answer(b"200 OK", b"Content-Length: 10")
+        for data in (head, head + OK):
+            reading = read_answers(data, None)
+            self.assertEqual(reading.answers[0].body, b"", data)
+            self.assertEqual(reading.leftover, b"")
+        reading = read_answers(head + b"0123456789", None)
+        self.assertEqual(reading.answers[0].body, b"0123456789")
+
+    def test_noContent(self) -> None:
+        """
+        Nor have 204 and 304 a body: the next answer follows the head.
+        """
+        empty = answer(b"204 No Content", b"Content-Length: 0")
+        cached = answer(b"304 Not Modified", b"Content-Length: 10")
+        reading = read_answers(empty + cached + OK)
+        statuses = [(a.status, a.body) for a in reading.answers]
+        self.assertEqual(statuses, [(204, b""), (304, b""), (200, b"ok")])
+
+    def test_closeDelimited(self) -> None:
+        """
+        A body framed by neither chunks nor a length ends with the
+        connection.
+        """
+        data = answer(b"200 OK", b"Connection: close", body=b"to the end")
+        reading = read_answers(data)
+        self.assertEqual((reading.answers, reading.leftover), ((), data))
+        (closed,) = read_answers(data, closed=True).answers
+        self.assertEqual(closed.body, b"to the end")
+
+    def test_incomplete(self) -> None:
+        """
+        An answer cut anywhere is not read, and is left over, without an
+        error; what came before it is read.
+        """
+        for whole in (OK, CHUNKED):
+            for cut in range(1, len(whole)):
+                reading = read_answers(OK + whole[:cut], closed=True)
+                self.assertEqual(len(reading.answers), 1, whole[:cut])
+                self.assertEqual((reading.leftover, reading.error), (whole[:cut], None))
+
+    def test_pipelined(self) -> None:
+        second = answer(b"404 Not Found", b"Content-Length: 4", body=b"none")
+        reading = read_answers(OK + second)
+        self.assertEqual(
+            [(a.status, a.body) for a in reading.answers], [(200, b"ok"), (404, b"none")]
+        )
+        self.assertEqual(reading.final, reading.answers)
+
+    def test_interim(self) -> None:
+        """
+        A C{100 Continue} is an answer, interim: it answers no request (the
+        HEAD after it is the second request's).
+        """
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+        head = answer(b"200 OK", b"Content-Length: 10")
+        reading = read_answers(interim + OK + head, [b"POST", b"HEAD"])
+        self.assertEqual([a.status for a in reading.answers], [100, 200, 200])
+        self.assertEqual([a.status for a in reading.interim], [100])
+        self.assertEqual([a.body for a in reading.final], [b"ok", b""])
+
+    def test_switchingProtocols(self) -> None:
+        """
+        A C{101} is a final answer, after which the connection is no longer
+        HTTP's: what follows is left over, and no error.
+        """
+        switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"
+        reading = read_answers(switched + b"\x00\x00\x12")
+        self.assertEqual([a.status for a in reading.final], [101])
+        self.assertEqual((reading.leftover, reading.error), (b"\x00\x00\x12", None))
+
+    def test_malformed(self) -> None:
+        """
+        Bytes that are no answer stop the reading, with an error: the
+        answers before them are read, the rest is left over.
+        """
+        for bad in (
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"<html>\r\n",
+            answer(b"200 OK", b"No colon", b"Content-Length: 0"),
+            answer(b"200 OK", b"Space : before", b"Content-Length: 0"),
+            answer(b"200 OK", b"Content-Length: 2", b"Content-Length: 3", body=b"abc"),
+            answer(b"200 OK", b"Content-Length: -1"),
+            answer(b"200 OK", b"Content-Length: 2", b"Transfer-Encoding: chunked", body=b"ok"),
+            answer(b"200 OK", b"Transfer-Encoding: chunked", body=b"0x2\r\nok\r\n0\r\n\r\n"),
+            answer(b"200 OK", b"Transfer-Encoding: chunked", body=b"2\r\nokay\r\n0\r\n\r\n"),
+            answer(b"200 OK", b"Transfer-Encoding: chunked", body=b"0\r\nbad trailer\r\n\r\n"),
+        ):
+            reading = read_answers(OK + bad + OK, closed=True)
+            self.assertEqual([a.body for a in reading.answers], [b"ok"], bad)
+            self.assertEqual(reading.leftover, bad + OK)
+            self.assertIsNotNone(reading.error, bad)
