@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
-from pluginserver import coroutines
+from pluginserver import aioport, coroutines
 from pluginserver.config import ConfigError, Settings
 from pluginserver.metrics import Metrics
 from pluginserver.notify import notify_systemd
@@ -107,6 +107,8 @@ class Listener(Service):
         self._factory = factory
         self._reactor = reactor
         self._ready = False
+        # The loop accepting the port's connections, once it does.
+        self._serving: aioport.Serving | None = None
         # An IListeningPort (typed loosely: mypy cannot call a zope
         # Interface's methods without the mypy-zope plugin).
         self.port: Any = None
@@ -143,16 +145,23 @@ class Listener(Service):
 
     def accept(self) -> None:
         """
-        The server is ready: take connections from now on.
+        The server is ready: take connections from now on; on the asyncio
+        reactor, with the loop's own transports (L{pluginserver.aioport}).
         """
         self._ready = True
         port = self.port
         if port is not None and port.connected and not port.disconnecting:
-            port.startReading()
+            if self.tls is None and aioport.servable(self._reactor, port):
+                self._serving = aioport.serve(self._reactor, port, port.factory)
+            else:
+                port.startReading()
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
         port, self.port = self.port, None
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop()
         if port is None:
             return None
         stopped: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)

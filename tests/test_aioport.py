@@ -1,0 +1,393 @@
+"""
+Tests for L{pluginserver.aioport}: a listening port's connections carried
+by the asyncio loop's own transports, over real loopback sockets, and the
+transport's rules over a fake asyncio transport.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from pluginserver import aioport
+from pluginserver.site import PluginServerSite
+from tests.process import sleep
+from tests.test_channel import HUGE, _Sizes, get, responses
+
+
+def _read_all(s: socket.socket) -> bytes:
+    """
+    Everything the server sends until it closes its side.
+    """
+    received = b""
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            return received
+        received += chunk
+
+
+class ServedTests(TestCase):
+    """
+    The site's channel over the loop's transports, on a real TCP port.
+    """
+
+    interface = "127.0.0.1"
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.site = PluginServerSite(_Sizes(), reactor=reactor)
+        try:
+            self.port = reactor.listenTCP(0, self.site, interface=self.interface)  # type: ignore[attr-defined]
+        except Exception as e:
+            raise SkipTest(f"cannot listen on {self.interface}: {e}") from None
+        self.addCleanup(self.port.stopListening)
+        # As the Listener leaves it: bound, not reading.
+        self.port.stopReading()
+        self.assertTrue(aioport.servable(reactor, self.port))
+        self.serving = aioport.serve(reactor, self.port, self.site)
+        self.addCleanup(self.serving.stop)
+        self.number = self.port.getHost().port
+
+    def tearDown(self) -> Any:
+        for channel in list(self.site.channels):
+            channel.transport.abortConnection()
+        return sleep(0.05)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection((self.interface, self.number), timeout=20)
+
+    @defer.inlineCallbacks
+    def test_pipelinedAnswersPastAFullBufferStayInOrder(self) -> Any:
+        data = get(b"/small?n=1") + get(b"/huge?n=2") + get(b"/small?n=3")
+
+        def ask() -> list[tuple[int, bytes]]:
+            received = b""
+            with self.connect() as s:
+                s.sendall(data)
+                while len(responses(received)) < 3:
+                    chunk = s.recv(1 << 20)
+                    if not chunk:
+                        break
+                    received += chunk
+            return responses(received)
+
+        found = yield deferToThread(ask)
+        self.assertEqual(
+            [(status, body[:2]) for status, body in found],
+            [(200, b"1"), (200, b"2 "), (200, b"3")],
+        )
+        self.assertEqual(len(found[1][1]), HUGE + 2)
+
+    @defer.inlineCallbacks
+    def test_theChannelSeesTheConnection(self) -> Any:
+        def ask() -> tuple[socket.socket, bytes]:
+            s = self.connect()
+            s.sendall(get(b"/small?n=1"))
+            received = b""
+            while not responses(received):
+                received += s.recv(65536)
+            return s, received
+
+        client, received = yield deferToThread(ask)
+        try:
+            self.assertEqual(responses(received), [(200, b"1")])
+            (channel,) = self.site.channels
+            transport = channel.transport
+            self.assertIsInstance(transport, aioport.AsyncioConnection)
+            self.assertTrue(transport.getTcpNoDelay())
+            self.assertEqual(transport.getPeer().port, client.getsockname()[1])
+            self.assertEqual(transport.getHost().port, self.number)
+            self.assertEqual(transport.getPeer().host, self.interface)
+        finally:
+            client.close()
+
+    @defer.inlineCallbacks
+    def test_halfClosedClientIsAnsweredThenClosed(self) -> Any:
+        def ask() -> bytes:
+            with self.connect() as s:
+                s.sendall(get(b"/small?n=7"))
+                s.shutdown(socket.SHUT_WR)
+                return _read_all(s)
+
+        received = yield deferToThread(ask)
+        self.assertEqual(responses(received), [(200, b"7")])
+
+    @defer.inlineCallbacks
+    def test_http10IsAnsweredThenClosed(self) -> Any:
+        def ask() -> bytes:
+            with self.connect() as s:
+                s.sendall(b"GET /small?n=5 HTTP/1.0\r\n\r\n")
+                return _read_all(s)
+
+        received = yield deferToThread(ask)
+        self.assertEqual(responses(received), [(200, b"5")])
+
+    @defer.inlineCallbacks
+    def test_malformedRequestIsRefusedAndClosed(self) -> Any:
+        def ask() -> bytes:
+            with self.connect() as s:
+                s.sendall(b"GET /small HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                return _read_all(s)  # the server's FIN ends it, before its linger
+
+        received = yield deferToThread(ask)
+        self.assertEqual([status for status, _ in responses(received)], [400])
+
+    @defer.inlineCallbacks
+    def test_stoppingEndsAcceptingNotConnections(self) -> Any:
+        client = yield deferToThread(self.connect)
+        self.addCleanup(client.close)
+
+        def ask(n: bytes) -> list[tuple[int, bytes]]:
+            client.sendall(get(b"/small?n=" + n))
+            received = b""
+            while not responses(received):
+                received += client.recv(65536)
+            return responses(received)
+
+        self.assertEqual((yield deferToThread(ask, b"1")), [(200, b"1")])
+        self.serving.stop()
+        yield self.port.stopListening()
+        yield sleep(0.05)
+        self.assertEqual((yield deferToThread(ask, b"2")), [(200, b"2")])
+        with self.assertRaises(ConnectionRefusedError):
+            yield deferToThread(self.connect)
+
+    @defer.inlineCallbacks
+    def test_anErrorInAProtocolEndsItsConnection(self) -> Any:
+        class Broken(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                raise ZeroDivisionError(data)
+
+        from twisted.internet import reactor
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Broken), interface=self.interface)  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        port.stopReading()
+        serving = aioport.serve(reactor, port, port.factory)
+        self.addCleanup(serving.stop)
+
+        def ask() -> bytes:
+            with socket.create_connection((self.interface, port.getHost().port), 20) as s:
+                s.sendall(b"anything")
+                try:
+                    return _read_all(s)
+                except ConnectionResetError:
+                    return b""
+
+        self.assertEqual((yield deferToThread(ask)), b"")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class ServedOverIPv6Tests(ServedTests):
+    """
+    The same over IPv6 (::1), where the addresses are IPv6 ones.
+    """
+
+    interface = "::1"
+
+    @defer.inlineCallbacks
+    def test_addressesAreIPv6(self) -> Any:
+        def ask() -> socket.socket:
+            s = self.connect()
+            s.sendall(get(b"/small?n=1"))
+            received = b""
+            while not responses(received):
+                received += s.recv(65536)
+            return s
+
+        client = yield deferToThread(ask)
+        try:
+            (channel,) = self.site.channels
+            self.assertIsInstance(channel.transport.getPeer(), IPv6Address)
+            self.assertIsInstance(channel.transport.getHost(), IPv6Address)
+        finally:
+            client.close()
+
+
+class _FakeLoopTransport:
+    """
+    What L{aioport.AsyncioConnection} uses of an asyncio transport.
+    """
+
+    def __init__(self, buffered: int = 0) -> None:
+        self.written: list[bytes] = []
+        self.buffered = buffered
+        self.reading = True
+        self.closed = False
+        self.aborted = False
+        self.eof = False
+
+    def get_extra_info(self, name: str) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.written.extend(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16384, 65536)
+
+
+class _Recorder(Protocol):
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.events.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.events.append(reason.type if reason is not None else None)
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloser(_Recorder):
+    def readConnectionLost(self) -> None:
+        self.events.append("read closed")
+
+    def writeConnectionLost(self) -> None:
+        self.events.append("write closed")
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+class ConnectionTests(TestCase):
+    """
+    L{aioport.AsyncioConnection}'s rules, over a fake asyncio transport.
+    """
+
+    def connect(
+        self, protocol: type[Protocol] = _Recorder, buffered: int = 0
+    ) -> tuple[aioport.AsyncioConnection, Any, _FakeLoopTransport]:
+        connection = aioport.AsyncioConnection(Factory.forProtocol(protocol))
+        transport = _FakeLoopTransport(buffered)
+        connection.connection_made(transport)
+        return connection, connection.protocol, transport
+
+    def test_theProtocolIsConnectedWithItsAddresses(self) -> None:
+        connection, protocol, _ = self.connect()
+        self.assertIs(protocol.transport, connection)
+        self.assertEqual(connection.getPeer(), IPv4Address("TCP", "127.0.0.1", 40000))
+        self.assertEqual(connection.getHost(), IPv4Address("TCP", "127.0.0.1", 8080))
+        connection.data_received(b"abc")
+        self.assertEqual(protocol.events, [b"abc"])
+
+    def test_writesGoToTheLoop(self) -> None:
+        connection, _, transport = self.connect()
+        connection.write(b"a")
+        connection.writeSequence([b"b", b"c"])
+        self.assertEqual(b"".join(transport.written), b"abc")
+        connection.loseConnection()
+        self.assertTrue(transport.closed)
+        self.assertTrue(connection.disconnecting)
+        connection.write(b"late")  # after close: dropped, as Twisted does
+        self.assertEqual(b"".join(transport.written), b"abc")
+
+    def test_pausingReadsPausesTheLoopTransport(self) -> None:
+        connection, _, transport = self.connect()
+        connection.pauseProducing()
+        self.assertFalse(transport.reading)
+        connection.resumeProducing()
+        self.assertTrue(transport.reading)
+
+    def test_aProducerFollowsTheWriteBuffer(self) -> None:
+        connection, _, _ = self.connect()
+        producer = _Producer()
+        connection.registerProducer(producer, True)
+        connection.pause_writing()
+        connection.resume_writing()
+        self.assertEqual(producer.events, ["pause", "resume"])
+        connection.unregisterProducer()
+        connection.pause_writing()
+        self.assertEqual(producer.events, ["pause", "resume"])
+
+    def test_aProducerRegisteredOnAFullBufferStartsPaused(self) -> None:
+        connection, _, _ = self.connect(buffered=100000)
+        producer = _Producer()
+        connection.registerProducer(producer, True)
+        self.assertEqual(producer.events, ["pause"])
+
+    def test_onlyStreamingProducers(self) -> None:
+        connection, _, _ = self.connect()
+        self.assertRaises(ValueError, connection.registerProducer, _Producer(), False)
+        connection.registerProducer(_Producer(), True)
+        self.assertRaises(RuntimeError, connection.registerProducer, _Producer(), True)
+
+    def test_endOfInputForAHalfCloseableProtocol(self) -> None:
+        connection, protocol, _ = self.connect(_HalfCloser)
+        self.assertTrue(connection.eof_received())  # stays open for the answer
+        self.assertEqual(protocol.events, ["read closed"])
+
+    def test_endOfInputForAnotherProtocolCloses(self) -> None:
+        connection, protocol, _ = self.connect()
+        self.assertFalse(connection.eof_received())  # the loop closes it
+        self.assertEqual(protocol.events, [])
+
+    def test_halfCloseSendsEndOfOutput(self) -> None:
+        connection, _, transport = self.connect()
+        connection.loseWriteConnection()
+        self.assertTrue(transport.eof)
+        self.assertFalse(transport.closed)
+
+    def test_abort(self) -> None:
+        connection, _, transport = self.connect()
+        connection.abortConnection()
+        self.assertTrue(transport.aborted)
+
+    def test_lostOnceWithItsReason(self) -> None:
+        connection, protocol, _ = self.connect()
+        connection.connection_lost(None)
+        connection.connection_lost(None)
+        self.assertEqual(protocol.events, [ConnectionDone])
+        connection, protocol, _ = self.connect()
+        connection.connection_lost(OSError("reset"))
+        self.assertEqual(protocol.events, [ConnectionLost])
