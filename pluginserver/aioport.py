@@ -10,11 +10,13 @@ the transport's write buffer.  uvloop does the same in C.  Measured with
 C{wrk -t1 -c32} against a bare protocol that parses with httptools and
 answers a constant: about 20,000 requests a second over Twisted's TCP
 transport (28 us of user CPU per request), about 80,000 over uvloop's
-(2.5 us).  So a plain C{tcp:} listener keeps what Twisted gives it (the
-endpoint string, binding, the backlog, IPv6, a worker's adopted socket),
-and only its accepting and its connections are handed to the loop:
-L{serve} takes the bound, paused Twisted port; L{AsyncioConnection} gives
-the Twisted protocol each connection as an C{ITCPTransport}.
+(2.5 us).  So a C{tcp:} or C{ssl:} listener keeps what Twisted gives it
+(the endpoint string, binding, the backlog, IPv6, a worker's adopted
+socket, and TLS: the port's factory wraps the site in Twisted's TLS
+protocol), and only its accepting and its connections are handed to the
+loop: L{serve} takes the bound, paused Twisted port; L{AsyncioConnection}
+gives the port's protocol each connection as an C{ITCPTransport}.  A
+C{unix:} listener, or another reactor, keeps Twisted's transports.
 """
 
 from __future__ import annotations

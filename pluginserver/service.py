@@ -151,7 +151,7 @@ class Listener(Service):
         self._ready = True
         port = self.port
         if port is not None and port.connected and not port.disconnecting:
-            if self.tls is None and aioport.servable(self._reactor, port):
+            if aioport.servable(self._reactor, port):
                 self._serving = aioport.serve(self._reactor, port, port.factory)
             else:
                 port.startReading()
