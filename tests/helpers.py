@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import textwrap
 import time
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from pluginserver import testing
 from pluginserver.registry import PluginRegistry
+from pluginserver.testing import read_answers
 
 _packages = itertools.count()
 
@@ -32,6 +34,32 @@ class Hello(Plugin):
         return {"hello": request.args.get("name", "world")}
 """
 """The smallest plugin, for tests about everything but plugins."""
+
+
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+    """
+    The complete answers in C{data} (to requests that are not C{HEAD}), as
+    (status, body); bytes that are no answer fail the test.
+    """
+    reading = read_answers(data)
+    if reading.error is not None:
+        raise ValueError(f"{reading.error}: {reading.leftover!r}")
+    return [(answer.status, answer.body) for answer in reading.answers]
+
+
+def exchange(s: socket.socket, data: bytes, count: int = 1) -> list[tuple[int, bytes]]:
+    """
+    Send C{data} on the blocking socket C{s} and read until C{count}
+    answers have arrived whole, or the server closes; the answers read.
+    """
+    s.sendall(data)
+    received = b""
+    while len(responses(received)) < count:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        received += chunk
+    return responses(received)
 
 
 class PluginDir:

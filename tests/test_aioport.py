@@ -21,8 +21,9 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from pluginserver import aioport
 from pluginserver.site import PluginServerSite
+from tests.helpers import exchange, responses
 from tests.process import sleep
-from tests.test_channel import HUGE, _Sizes, get, responses
+from tests.test_channel import HUGE, _Sizes, get
 
 
 def _read_all(s: socket.socket) -> bytes:
@@ -72,18 +73,8 @@ class ServedTests(TestCase):
     def test_pipelinedAnswersPastAFullBufferStayInOrder(self) -> Any:
         data = get(b"/small?n=1") + get(b"/huge?n=2") + get(b"/small?n=3")
 
-        def ask() -> list[tuple[int, bytes]]:
-            received = b""
-            with self.connect() as s:
-                s.sendall(data)
-                while len(responses(received)) < 3:
-                    chunk = s.recv(1 << 20)
-                    if not chunk:
-                        break
-                    received += chunk
-            return responses(received)
-
-        found = yield deferToThread(ask)
+        with self.connect() as s:
+            found = yield deferToThread(exchange, s, data, 3)
         self.assertEqual(
             [(status, body[:2]) for status, body in found],
             [(200, b"1"), (200, b"2 "), (200, b"3")],
@@ -92,17 +83,10 @@ class ServedTests(TestCase):
 
     @defer.inlineCallbacks
     def test_theChannelSeesTheConnection(self) -> Any:
-        def ask() -> tuple[socket.socket, bytes]:
-            s = self.connect()
-            s.sendall(get(b"/small?n=1"))
-            received = b""
-            while not responses(received):
-                received += s.recv(65536)
-            return s, received
-
-        client, received = yield deferToThread(ask)
+        client = self.connect()
+        found = yield deferToThread(exchange, client, get(b"/small?n=1"))
         try:
-            self.assertEqual(responses(received), [(200, b"1")])
+            self.assertEqual(found, [(200, b"1")])
             (channel,) = self.site.channels
             transport = channel.transport
             self.assertIsInstance(transport, aioport.AsyncioConnection)
@@ -146,21 +130,15 @@ class ServedTests(TestCase):
 
     @defer.inlineCallbacks
     def test_stoppingEndsAcceptingNotConnections(self) -> Any:
-        client = yield deferToThread(self.connect)
+        client = self.connect()
         self.addCleanup(client.close)
-
-        def ask(n: bytes) -> list[tuple[int, bytes]]:
-            client.sendall(get(b"/small?n=" + n))
-            received = b""
-            while not responses(received):
-                received += client.recv(65536)
-            return responses(received)
-
-        self.assertEqual((yield deferToThread(ask, b"1")), [(200, b"1")])
+        found = yield deferToThread(exchange, client, get(b"/small?n=1"))
+        self.assertEqual(found, [(200, b"1")])
         self.serving.stop()
         yield self.port.stopListening()
         yield sleep(0.05)
-        self.assertEqual((yield deferToThread(ask, b"2")), [(200, b"2")])
+        found = yield deferToThread(exchange, client, get(b"/small?n=2"))
+        self.assertEqual(found, [(200, b"2")])
         with self.assertRaises(ConnectionRefusedError):
             yield deferToThread(self.connect)
 
@@ -199,16 +177,10 @@ class ServedOverIPv6Tests(ServedTests):
 
     @defer.inlineCallbacks
     def test_addressesAreIPv6(self) -> Any:
-        def ask() -> socket.socket:
-            s = self.connect()
-            s.sendall(get(b"/small?n=1"))
-            received = b""
-            while not responses(received):
-                received += s.recv(65536)
-            return s
-
-        client = yield deferToThread(ask)
+        client = self.connect()
+        found = yield deferToThread(exchange, client, get(b"/small?n=1"))
         try:
+            self.assertEqual(found, [(200, b"1")])
             (channel,) = self.site.channels
             self.assertIsInstance(channel.transport.getPeer(), IPv6Address)
             self.assertIsInstance(channel.transport.getHost(), IPv6Address)

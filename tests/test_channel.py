@@ -39,10 +39,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pluginserver.site import PluginServerChannel, PluginServerRequest, PluginServerSite
-from pluginserver.testing import read_answers
 from pluginserver.tls import DEFAULT_BACKLOG, listener_problem, tls_endpoint
 from tests.certs import make_certificate
-from tests.helpers import HELLO, PushBackTransport
+from tests.helpers import HELLO, PushBackTransport, exchange, responses
 from tests.process import Server, sleep
 
 BIG = 524288  # bytes of "a" in a big answer: eight times a transport's buffer
@@ -82,17 +81,6 @@ class _Answers(Resource):
             request.write(b"a" * BIG)
             return NOT_DONE_YET
         return n
-
-
-def responses(data: bytes) -> list[tuple[int, bytes]]:
-    """
-    The complete answers in C{data} (to requests that are not C{HEAD}), as
-    (status, body); bytes that are no answer fail the test.
-    """
-    reading = read_answers(data)
-    if reading.error is not None:
-        raise ValueError(f"{reading.error}: {reading.leftover!r}")
-    return [(answer.status, answer.body) for answer in reading.answers]
 
 
 def get(path: bytes, close: bool = False) -> bytes:
@@ -436,15 +424,8 @@ def exchange_pipelined(port: int, data: bytes, count: int) -> list[tuple[int, by
     Send C{data} on a fresh connection and read until C{count} answers have
     arrived whole.
     """
-    received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        s.sendall(data)
-        while len(responses(received)) < count:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            received += chunk
-    return responses(received)
+        return exchange(s, data, count)
 
 
 class SocketTests(TestCase):
@@ -482,17 +463,10 @@ class SocketTests(TestCase):
     def test_noDelay(self) -> Any:
         port = self.port.getHost().port
 
-        def ask() -> tuple[socket.socket, bytes]:
-            s = socket.create_connection(("127.0.0.1", port), timeout=20)
-            s.sendall(get(b"/small?n=1"))
-            received = b""
-            while not responses(received):
-                received += s.recv(65536)
-            return s, received
-
-        client, received = yield deferToThread(ask)
+        client = socket.create_connection(("127.0.0.1", port), timeout=20)
+        found = yield deferToThread(exchange, client, get(b"/small?n=1"))
         try:
-            self.assertEqual(responses(received), [(200, b"1")])
+            self.assertEqual(found, [(200, b"1")])
             (channel,) = self.site.channels
             self.assertTrue(channel.transport.getTcpNoDelay())
         finally:
