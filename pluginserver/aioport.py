@@ -61,23 +61,28 @@ class AsyncioConnection(asyncio.Protocol):
     Twisted protocol it carries, its transport.
 
     What Twisted's TCP transport does, this does with the loop's:
-      - C{write} sends at once what the socket takes, and buffers the rest;
-        a registered streaming producer is paused while the buffer is over
-        the loop's high-water mark (C{pause_writing}) and resumed when it
-        has drained.
+      - C{write} hands the loop the data, which it sends and buffers; a
+        registered streaming producer is paused while the buffer is over
+        the loop's high-water mark (C{pause_writing}) and resumed when it is
+        under its low-water mark again; it is stopped when the connection
+        is lost.
       - C{pauseProducing}/C{resumeProducing} stop and restart reading.
       - C{loseConnection} closes once the buffer is sent;
         C{abortConnection} closes now; C{loseWriteConnection} sends a FIN
         after the buffer and keeps reading.
       - The client's FIN is C{readConnectionLost} for a half-closeable
         protocol; anything else closes the connection, as Twisted does.
-      - An exception out of C{dataReceived} is logged and ends the
-        connection, as Twisted's reactor does.
+      - An exception out of the protocol is logged and ends the connection,
+        with that failure as the reason, as Twisted's reactor does.
     """
 
     disconnecting = False
     connected = False
     _producer: Any = None
+    # Why the connection ended, when the protocol raised.
+    _reason: Failure | None = None
+    # loseWriteConnection was called: writes are dropped, as Twisted does.
+    _writeClosed = False
     # An asyncio.Transport (uvloop's does not derive from it).
     _transport: Any
 
@@ -88,38 +93,76 @@ class AsyncioConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        sock = transport.get_extra_info("socket")
-        family = sock.family if sock is not None else socket.AF_INET
-        self._peer = _address(transport.get_extra_info("peername"), family)
-        self._host = _address(transport.get_extra_info("sockname"), family)
-        protocol = self._factory.buildProtocol(cast(IAddress, self._peer))
-        if protocol is None:
-            transport.close()
-            return
-        self.protocol: Any = protocol
-        self.connected = True
-        protocol.makeConnection(cast(ITransport, self))
+        try:
+            sock = transport.get_extra_info("socket")
+            family = sock.family if sock is not None else socket.AF_INET
+            # uvloop asks the socket for its peer only now: a client that
+            # has already reset has none (Twisted has it from accept()).
+            peer = transport.get_extra_info("peername")
+            if peer is None:
+                if sock is None:
+                    raise OSError("no peer")
+                peer = sock.getpeername()
+            self._peer = _address(peer, family)
+            self._host = _address(transport.get_extra_info("sockname"), family)
+            protocol = self._factory.buildProtocol(cast(IAddress, self._peer))
+            if protocol is None:
+                transport.close()
+                return
+            self.protocol: Any = protocol
+            self.connected = True
+            protocol.makeConnection(cast(ITransport, self))
+        except OSError:
+            self._transport.abort()  # gone already: nothing to serve
+        except Exception:
+            log.failure("Setting up a connection failed")
+            self._failed()
 
     def data_received(self, data: bytes) -> None:
         try:
             self.protocol.dataReceived(data)
         except Exception:
             log.failure("Unhandled error in {protocol}.dataReceived", protocol=self.protocol)
-            self.abortConnection()
+            self._failed()
 
     def eof_received(self) -> bool:
-        if IHalfCloseableProtocol.providedBy(self.protocol):
+        if not IHalfCloseableProtocol.providedBy(self.protocol):
+            return False  # the loop closes it
+        try:
             self.protocol.readConnectionLost()
-            return True  # keep the connection open for the answer
-        return False  # the loop closes it
+        except Exception:
+            log.failure("Unhandled error in {protocol}.readConnectionLost", protocol=self.protocol)
+            self._failed()
+        return True  # kept open for the answer
+
+    def _failed(self) -> None:
+        """
+        The protocol raised: end the connection with that failure as the
+        reason, as Twisted's reactor does.
+        """
+        self._reason = Failure()
+        self.abortConnection()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.connected:
             return
         self.connected = False
         self.disconnecting = True
-        reason = ConnectionDone() if exc is None else ConnectionLost(str(exc))
-        self.protocol.connectionLost(Failure(reason))
+        # As Twisted's transport does: the producer writing an answer stops
+        # before the protocol hears of the loss.
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.stopProducing()
+            except Exception:
+                log.failure("Stopping {producer} failed", producer=producer)
+        reason = self._reason
+        if reason is None:
+            reason = Failure(ConnectionDone() if exc is None else ConnectionLost(str(exc)))
+        try:
+            self.protocol.connectionLost(reason)
+        except Exception:
+            log.failure("Unhandled error in {protocol}.connectionLost", protocol=self.protocol)
 
     def pause_writing(self) -> None:
         if self._producer is not None:
@@ -132,11 +175,11 @@ class AsyncioConnection(asyncio.Protocol):
     # -- the Twisted protocol's side: ITransport ---------------------------------
 
     def write(self, data: bytes) -> None:
-        if not self.disconnecting:
+        if not (self.disconnecting or self._writeClosed):
             self._transport.write(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        if not self.disconnecting:
+        if not (self.disconnecting or self._writeClosed):
             self._transport.writelines(data)
 
     def loseConnection(self) -> None:
@@ -148,6 +191,9 @@ class AsyncioConnection(asyncio.Protocol):
         self._transport.abort()
 
     def loseWriteConnection(self) -> None:
+        if self._writeClosed:
+            return
+        self._writeClosed = True
         if self._transport.can_write_eof():
             self._transport.write_eof()
 
@@ -228,9 +274,14 @@ class Serving:
     _server: asyncio.AbstractServer | None = None
     _stopped = False
 
-    def __init__(self, reactor: Any, listening: socket.socket, factory: Factory) -> None:
-        self._listening = listening
+    def __init__(self, reactor: Any, port: Port, factory: Factory, backlog: int) -> None:
+        self._port = port
         self._factory = factory
+        self._backlog = backlog
+        self._listening = socket.socket(
+            port.addressFamily, socket.SOCK_STREAM, fileno=os.dup(port.fileno())
+        )
+        self._listening.setblocking(False)
         # Started from the running loop (the reactor may not run yet).
         self._call: Any = reactor.callLater(0, self._start)
 
@@ -238,16 +289,26 @@ class Serving:
         self._call = None
         loop = asyncio.get_running_loop()
         factory = self._factory
+        # The loop listens on the socket again, with its own default backlog
+        # unless told: the configured one.
         task = loop.create_task(
-            loop.create_server(lambda: AsyncioConnection(factory), sock=self._listening)
+            loop.create_server(
+                lambda: AsyncioConnection(factory), sock=self._listening, backlog=self._backlog
+            )
         )
         task.add_done_callback(self._started)
 
     def _started(self, task: asyncio.Task[asyncio.AbstractServer]) -> None:
         failed = task.exception()
         if failed is not None:
-            log.failure("Accepting connections on a listening socket failed", Failure(failed))
+            log.failure(
+                "The loop cannot accept connections on {port}; Twisted's transports will",
+                Failure(failed),
+                port=self._port.getHost(),
+            )
             self._listening.close()
+            if not self._stopped:
+                self._port.startReading()
             return
         server = task.result()
         if self._stopped:
@@ -270,14 +331,12 @@ class Serving:
             self._server = None
 
 
-def serve(reactor: Any, port: Port, factory: Factory) -> Serving:
+def serve(reactor: Any, port: Port, factory: Factory, backlog: int) -> Serving:
     """
     Accept the connections of C{port}, a bound Twisted TCP port that is not
     reading (and stays so), with the asyncio loop of C{reactor}, and carry
     each to a protocol of C{factory} over an L{AsyncioConnection}.  The
     port keeps its socket; the loop serves a copy, which L{Serving.stop}
-    closes.
+    closes, and listens on it with C{backlog}.
     """
-    listening = socket.socket(port.addressFamily, socket.SOCK_STREAM, fileno=os.dup(port.fileno()))
-    listening.setblocking(False)
-    return Serving(reactor, listening, factory)
+    return Serving(reactor, port, factory, backlog)

@@ -46,6 +46,7 @@ from pluginserver.tls import (
     ClientAuth,
     SwappableContextFactory,
     TLSConfigError,
+    listen_backlog,
     load_context_factory,
     tls_endpoint,
 )
@@ -152,7 +153,9 @@ class Listener(Service):
         port = self.port
         if port is not None and port.connected and not port.disconnecting:
             if aioport.servable(self._reactor, port):
-                self._serving = aioport.serve(self._reactor, port, port.factory)
+                self._serving = aioport.serve(
+                    self._reactor, port, port.factory, listen_backlog(self.description)
+                )
             else:
                 port.startReading()
 

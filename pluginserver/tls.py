@@ -26,6 +26,7 @@ with the key and certificate, on every reload.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import attr
@@ -72,6 +73,22 @@ def with_default_backlog(description: str) -> str:
     if any(field.startswith("backlog=") for field in fields[1:]):
         return description
     return f"{description}:backlog={DEFAULT_BACKLOG}"
+
+
+def listen_backlog(description: str) -> int:
+    """
+    The listen backlog a listener of C{description} asks for: its
+    C{backlog=}, else L{DEFAULT_BACKLOG} for a C{tcp:}, C{tcp6:} or C{ssl:}
+    endpoint string, else the kernel's most (C{SOMAXCONN}: what systemd
+    asks for a socket it hands over, unless told otherwise).
+    """
+    for field in _fields(with_default_backlog(description))[1:]:
+        if field.startswith("backlog="):
+            try:
+                return int(field[len("backlog=") :])
+            except ValueError:
+                break  # refused when the configuration was read
+    return socket.SOMAXCONN
 
 
 def server_endpoint(reactor: Any, description: str) -> Any:

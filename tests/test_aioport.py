@@ -6,7 +6,9 @@ transport's rules over a fake asyncio transport.
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 from typing import Any
 
 from twisted.internet import defer
@@ -20,6 +22,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from pluginserver import aioport
+from pluginserver.service import Listener
 from pluginserver.site import PluginServerSite
 from tests.helpers import exchange, responses
 from tests.process import sleep
@@ -57,7 +60,7 @@ class ServedTests(TestCase):
         # As the Listener leaves it: bound, not reading.
         self.port.stopReading()
         self.assertTrue(aioport.servable(reactor, self.port))
-        self.serving = aioport.serve(reactor, self.port, self.site)
+        self.serving = aioport.serve(reactor, self.port, self.site, 511)
         self.addCleanup(self.serving.stop)
         self.number = self.port.getHost().port
 
@@ -135,12 +138,28 @@ class ServedTests(TestCase):
         found = yield deferToThread(exchange, client, get(b"/small?n=1"))
         self.assertEqual(found, [(200, b"1")])
         self.serving.stop()
-        yield self.port.stopListening()
         yield sleep(0.05)
-        found = yield deferToThread(exchange, client, get(b"/small?n=2"))
-        self.assertEqual(found, [(200, b"2")])
-        with self.assertRaises(ConnectionRefusedError):
-            yield deferToThread(self.connect)
+        # The socket still listens (another worker may serve it): a new
+        # connection waits in the backlog, and nothing here accepts it.
+        late = self.connect()
+        self.addCleanup(late.close)
+        late.settimeout(0.5)
+        late.sendall(get(b"/small?n=2"))
+        with self.assertRaises(socket.timeout):
+            yield deferToThread(late.recv, 100)
+        # The connection accepted before goes on.
+        found = yield deferToThread(exchange, client, get(b"/small?n=3"))
+        self.assertEqual(found, [(200, b"3")])
+
+    @defer.inlineCallbacks
+    def test_theConfiguredBacklogStays(self) -> Any:
+        yield sleep(0.05)  # the loop has started serving, and listened again
+        with socket.socket(fileno=os.dup(self.port.fileno())) as listening:
+            info = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        # A listening socket's tcpi_sacked is its backlog (Linux); Twisted's
+        # listenTCP gave it 50, the loop's own default would be 100.
+        (backlog,) = struct.unpack_from("I", info, 28)
+        self.assertEqual(backlog, 511)
 
     @defer.inlineCallbacks
     def test_anErrorInAProtocolEndsItsConnection(self) -> Any:
@@ -153,7 +172,7 @@ class ServedTests(TestCase):
         port = reactor.listenTCP(0, Factory.forProtocol(Broken), interface=self.interface)  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         port.stopReading()
-        serving = aioport.serve(reactor, port, port.factory)
+        serving = aioport.serve(reactor, port, port.factory, 511)
         self.addCleanup(serving.stop)
 
         def ask() -> bytes:
@@ -193,18 +212,21 @@ class _FakeLoopTransport:
     What L{aioport.AsyncioConnection} uses of an asyncio transport.
     """
 
-    def __init__(self, buffered: int = 0) -> None:
+    def __init__(self, buffered: int = 0, peername: Any = ("127.0.0.1", 40000)) -> None:
         self.written: list[bytes] = []
         self.buffered = buffered
+        self.peername = peername
         self.reading = True
         self.closed = False
         self.aborted = False
         self.eof = False
 
     def get_extra_info(self, name: str) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name)
+        return {"peername": self.peername, "sockname": ("127.0.0.1", 8080)}.get(name)
 
     def write(self, data: bytes) -> None:
+        if self.eof:
+            raise RuntimeError("Cannot call write() after write_eof()")  # as uvloop does
         self.written.append(data)
 
     def writelines(self, data: list[bytes]) -> None:
@@ -259,8 +281,8 @@ class _HalfCloser(_Recorder):
 
 
 class _Producer:
-    def __init__(self) -> None:
-        self.events: list[str] = []
+    def __init__(self, events: list[Any] | None = None) -> None:
+        self.events: list[Any] = [] if events is None else events
 
     def pauseProducing(self) -> None:
         self.events.append("pause")
@@ -278,12 +300,61 @@ class ConnectionTests(TestCase):
     """
 
     def connect(
-        self, protocol: type[Protocol] = _Recorder, buffered: int = 0
+        self, protocol: type[Protocol] = _Recorder, buffered: int = 0, peername: Any = None
     ) -> tuple[aioport.AsyncioConnection, Any, _FakeLoopTransport]:
         connection = aioport.AsyncioConnection(Factory.forProtocol(protocol))
-        transport = _FakeLoopTransport(buffered)
+        transport = _FakeLoopTransport(buffered, peername or ("127.0.0.1", 40000))
         connection.connection_made(transport)
-        return connection, connection.protocol, transport
+        return connection, getattr(connection, "protocol", None), transport
+
+    def test_aClientGoneBeforeItIsServedIsDropped(self) -> None:
+        # uvloop gives no peer for a client that has already reset.
+        connection = aioport.AsyncioConnection(Factory.forProtocol(_Recorder))
+        transport = _FakeLoopTransport(peername=None)
+        transport.peername = None
+        connection.connection_made(transport)
+        self.assertTrue(transport.aborted)
+        self.assertFalse(connection.connected)
+        connection.connection_lost(None)  # nothing to tell
+
+    def test_aProtocolThatFailsToStartEndsItsConnection(self) -> None:
+        class Failing(_Recorder):
+            def connectionMade(self) -> None:
+                raise ZeroDivisionError()
+
+        connection, protocol, transport = self.connect(Failing)
+        self.assertTrue(transport.aborted)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        connection.connection_lost(None)
+        self.assertEqual(protocol.events, [ZeroDivisionError])
+
+    def test_aProtocolThatFailsEndsWithItsFailure(self) -> None:
+        class Failing(_HalfCloser):
+            def dataReceived(self, data: bytes) -> None:
+                raise ZeroDivisionError()
+
+            def readConnectionLost(self) -> None:
+                raise KeyError()
+
+        connection, protocol, transport = self.connect(Failing)
+        connection.data_received(b"x")
+        self.assertTrue(transport.aborted)
+        connection.connection_lost(None)
+        self.assertEqual(protocol.events, [ZeroDivisionError])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        connection, protocol, transport = self.connect(Failing)
+        self.assertTrue(connection.eof_received())
+        self.assertTrue(transport.aborted)
+        connection.connection_lost(None)
+        self.assertEqual(protocol.events, [KeyError])
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_theProducerStopsBeforeTheProtocolHearsOfTheLoss(self) -> None:
+        connection, protocol, _ = self.connect()
+        producer = _Producer(protocol.events)
+        connection.registerProducer(producer, True)
+        connection.connection_lost(OSError("reset"))
+        self.assertEqual(protocol.events, ["stop", ConnectionLost])
 
     def test_theProtocolIsConnectedWithItsAddresses(self) -> None:
         connection, protocol, _ = self.connect()
@@ -349,6 +420,10 @@ class ConnectionTests(TestCase):
         connection.loseWriteConnection()
         self.assertTrue(transport.eof)
         self.assertFalse(transport.closed)
+        connection.write(b"late")  # dropped, as Twisted does
+        connection.writeSequence([b"late"])
+        connection.loseWriteConnection()
+        self.assertEqual(transport.written, [])
 
     def test_abort(self) -> None:
         connection, _, transport = self.connect()
@@ -363,3 +438,33 @@ class ConnectionTests(TestCase):
         connection, protocol, _ = self.connect()
         connection.connection_lost(OSError("reset"))
         self.assertEqual(protocol.events, [ConnectionLost])
+
+
+class ListenerTests(TestCase):
+    """
+    A server's L{Listener} hands its port's connections to the loop once
+    the server is ready, and takes them back from it when it stops.
+    """
+
+    @defer.inlineCallbacks
+    def test_readyListenerIsServedByTheLoop(self) -> Any:
+        from twisted.internet import reactor
+
+        site = PluginServerSite(_Sizes(), reactor=reactor)
+        listener = Listener("tcp:0:interface=127.0.0.1", "a test", reactor, site)
+        listener.privilegedStartService()
+        listener.startService()
+        number = listener.port.getHost().port
+        listener.accept()
+        client = socket.create_connection(("127.0.0.1", number), timeout=20)
+        self.addCleanup(client.close)
+        found = yield deferToThread(exchange, client, get(b"/small?n=1"))
+        self.assertEqual(found, [(200, b"1")])
+        (channel,) = site.channels
+        self.assertIsInstance(channel.transport, aioport.AsyncioConnection)
+        yield listener.stopService()
+        yield sleep(0.05)
+        with self.assertRaises(ConnectionRefusedError):
+            yield deferToThread(socket.create_connection, ("127.0.0.1", number), 20)
+        channel.transport.abortConnection()
+        yield sleep(0.05)

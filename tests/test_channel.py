@@ -39,7 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pluginserver.site import PluginServerChannel, PluginServerRequest, PluginServerSite
-from pluginserver.tls import DEFAULT_BACKLOG, listener_problem, tls_endpoint
+from pluginserver.tls import DEFAULT_BACKLOG, listen_backlog, listener_problem, tls_endpoint
 from tests.certs import make_certificate
 from tests.helpers import HELLO, PushBackTransport, exchange, responses
 from tests.process import Server, sleep
@@ -493,6 +493,15 @@ class BacklogTests(TestCase):
         ):
             ((_, _, backlog, _),) = self.listen(description).tcpServers
             self.assertEqual(backlog, 511, description)
+
+    def test_theBacklogTheLoopListensWith(self) -> None:
+        # The loop listens again when it takes a port over (aioport): with
+        # the backlog the endpoint string gave, or the default.
+        self.assertEqual(listen_backlog("tcp:8080:interface=127.0.0.1"), 511)
+        self.assertEqual(listen_backlog("tcp:8080:backlog=7"), 7)
+        self.assertEqual(listen_backlog("ssl:8443:privateKey=k.pem:certKey=c.pem"), 511)
+        # A socket handed over whole: the kernel's most, as systemd asks.
+        self.assertEqual(listen_backlog("systemd:domain=INET:index=0"), socket.SOMAXCONN)
 
     def test_explicitBacklogStays(self) -> None:
         ((port, _, backlog, interface),) = self.listen(
