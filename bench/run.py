@@ -302,6 +302,19 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def start_ceiling(
+    processes: Any, workdir: str, port: int, log_path: str, cpus: int | str | None, env: Any
+) -> Any:
+    """
+    Start bench/ceiling.py on C{port}, pinned to C{cpus}, its output in
+    C{log_path}.
+    """
+    command = [sys.executable, os.path.join(BENCH_DIR, "ceiling.py"), str(port)]
+    return processes.start(
+        "ceiling", pinned(command, cpus), cwd=workdir, log_path=log_path, env=env
+    )
+
+
 def check_answers(ceiling: int, servers: dict[str, int]) -> None:
     """
     Before measuring, check each target answers what it should: the same
@@ -607,15 +620,7 @@ def _run(
         else None
     )
     epoll = pluginserver("epoll", epollPort, extra, ["-r", "epoll"]) if variants else None
-    ceiling = processes.start(
-        "ceiling",
-        pinned(
-            [sys.executable, os.path.join(BENCH_DIR, "ceiling.py"), str(ceilingPort)], serverCpu
-        ),
-        cwd=workdir,
-        log_path=ceilingLog,
-        env=env,
-    )
+    ceiling = start_ceiling(processes, workdir, ceilingPort, ceilingLog, serverCpu, env)
     wait_until_serving(ceilingPort, "/hello", ceiling, ceilingLog)
     wait_until_serving(serverPort, "/hello", server, serverLog)
     servers = {"new": serverPort}
@@ -1005,15 +1010,7 @@ def _runWorkers(args: argparse.Namespace, processes: Processes, workdir: str) ->
     ports = free_ports(1 + len(kinds) * len(args.workers))
     ceilingPort = ports.pop()
     ceilingLog = os.path.join(workdir, "ceiling.log")
-    ceiling = processes.start(
-        "ceiling",
-        pinned(
-            [sys.executable, os.path.join(BENCH_DIR, "ceiling.py"), str(ceilingPort)], serverCpus
-        ),
-        cwd=workdir,
-        log_path=ceilingLog,
-        env=env,
-    )
+    ceiling = start_ceiling(processes, workdir, ceilingPort, ceilingLog, serverCpus, env)
     # name -> (worker count, port, process, log)
     servers: dict[str, tuple[int, int, Any, str]] = {}
     for count in args.workers:
