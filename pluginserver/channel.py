@@ -5,10 +5,12 @@ here, by llhttp (through httptools), in its strict mode.  There is no other
 HTTP parser in the server: two parsers that disagree about where a request
 ends is how requests are smuggled.
 
-Each parsed message becomes a twisted.web L{Request} (the site's
-C{requestFactory}) filled in from what llhttp parsed, so the resource tree
-(Klein, C{static.File}, streamed answers) sees twisted.web's own Request,
-and this channel gives it what a twisted.web channel gives: C{writeHeaders},
+Each parsed message becomes a request of the site's C{requestFactory}
+(L{pluginserver.site.ParsedRequest}), filled in from what llhttp parsed.
+A plugin route's answer is written whole from it; where the web layer
+needs twisted.web's own L{Request} (Klein, C{static.File}, streamed
+answers), one is made from it and put in its place (L{replace}), and this
+channel gives it what a twisted.web channel gives: C{writeHeaders},
 C{write}, C{writeSequence}, C{requestDone}, producers, C{getPeer},
 C{getHost}, C{isSecure} and C{loseConnection}.
 
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from httptools import (
     HttpParserError,
@@ -74,7 +76,9 @@ from pluginserver.answers import (
 if TYPE_CHECKING:
     from twisted.internet.base import DelayedCall
 
-    from pluginserver.site import PluginServerRequest, PluginServerSite
+    from pluginserver.site import ParsedRequest, PluginServerRequest, PluginServerSite
+
+    AnyRequest: TypeAlias = ParsedRequest | PluginServerRequest
 
 LINGER = 2.0
 """
@@ -135,14 +139,23 @@ def _put_headers(headers: Headers, raw: dict[bytes, list[bytes]]) -> None:
         headers.setRawHeaders(name, values)
 
 
-def _head(version: bytes, code: bytes, reason: bytes, headers: Headers) -> list[bytes]:
+def header_lines(headers: Headers, head: list[bytes] | None = None) -> list[bytes]:
     """
-    The pieces of an answer's head: status line, header lines, blank line.
+    The pieces of an answer's header lines (added to C{head}, when given).
     """
-    head = [version, b" ", code, b" ", reason, b"\r\n"]
+    if head is None:
+        head = []
     for name, values in headers.getAllRawHeaders():
         for value in values:
             head += (name, b": ", value, b"\r\n")
+    return head
+
+
+def answer_head(version: bytes, code: bytes, reason: bytes, headers: Headers) -> list[bytes]:
+    """
+    The pieces of an answer's head: status line, header lines, blank line.
+    """
+    head = header_lines(headers, [version, b" ", code, b" ", reason, b"\r\n"])
     head.append(b"\r\n")
     return head
 
@@ -169,15 +182,15 @@ class PluginServerChannel(Protocol):
 
     site: PluginServerSite  # set by Site.buildProtocol
     factory: PluginServerSite
-    requestFactory: Callable[..., PluginServerRequest]
+    requestFactory: Callable[..., AnyRequest]
     callLater: Callable[..., DelayedCall]  # set by HTTPFactory.buildProtocol
     timeOut: float | None = None
     persistent = True
 
     # The request being answered (the first of requests), or None.
-    _current: PluginServerRequest | None = None
+    _current: AnyRequest | None = None
     # The request whose head has arrived and whose body is still arriving.
-    _receiving: PluginServerRequest | None = None
+    _receiving: AnyRequest | None = None
     # An answer is unsent in the transport: the next request waits.
     _held = False
     # The transport has asked us to stop writing.
@@ -209,7 +222,7 @@ class PluginServerChannel(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        self.requests: list[PluginServerRequest] = []
+        self.requests: list[AnyRequest] = []
         self._parser = HttpRequestParser(self)
         self._peer = transport.getPeer()
         self._host = transport.getHost()
@@ -419,7 +432,7 @@ class PluginServerChannel(Protocol):
         if self._readClosed:
             self._closeIfAnswered()
 
-    def requestDone(self, request: PluginServerRequest) -> None:
+    def requestDone(self, request: AnyRequest) -> None:
         """
         A request's answer is complete (twisted.web's Request calls this).
         """
@@ -437,6 +450,19 @@ class PluginServerChannel(Protocol):
             # and nothing more is read, until the transport has sent it.
             self._held = True
         self._next()
+
+    def replace(self, request: AnyRequest, by: AnyRequest) -> None:
+        """
+        Put C{by} in C{request}'s place: it answers from now on (see
+        L{ParsedRequest.web_request}).
+        """
+        requests = self.requests
+        if request in requests:
+            requests[requests.index(request)] = by
+        if self._current is request:
+            self._current = by
+        if self._receiving is request:
+            self._receiving = by
 
     def _updateReading(self) -> None:
         """
@@ -459,7 +485,7 @@ class PluginServerChannel(Protocol):
     # -- what twisted.web's Request needs of its channel -----------------------
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        self._send(b"".join(_head(version, code, reason, headers)))
+        self._send(b"".join(answer_head(version, code, reason, headers)))
 
     def writeAnswer(
         self, version: bytes, code: bytes, reason: bytes, headers: Headers, body: bytes
@@ -467,7 +493,7 @@ class PluginServerChannel(Protocol):
         """
         Write a whole answer, head and body, in one write.
         """
-        head = _head(version, code, reason, headers)
+        head = answer_head(version, code, reason, headers)
         head.append(body)
         self._send(b"".join(head))
 
@@ -740,4 +766,4 @@ class PluginServerChannel(Protocol):
         requests, self.requests = self.requests, []
         self._current = self._receiving = None
         for request in requests:
-            request.connectionLost(reason)  # type: ignore[no-untyped-call]
+            request.connectionLost(reason)

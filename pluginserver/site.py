@@ -4,6 +4,11 @@ The site and its requests: what the server adds to twisted.web's Site and
 Request, over its own channel (L{pluginserver.channel}, which parses every
 request).
 
+  - A request is answered without twisted.web's Request when a plain
+    answer is all it needs (L{ParsedRequest}: a plugin route, an error of
+    the gate); one is made from it where the web layer needs it
+    (L{web_request}: Klein, files, streams, answers that come later).
+
   - The rate limits and the auth-failure limit (L{pluginserver.ratelimit})
     are asked as soon as a request's head has arrived: a refused request is
     answered 429 before its body is read (a request with a body is answered
@@ -27,13 +32,20 @@ import time
 from io import BytesIO
 from tempfile import TemporaryFile
 from time import perf_counter as _now
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypeVar, overload
 from urllib.parse import unquote_to_bytes
 
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.error import UnsupportedMethod
-from twisted.web.http import NO_BODY_CODES, combinedLogFormatter, datetimeToString, parse_qs
+from twisted.web.http import (
+    NO_BODY_CODES,
+    RESPONSES,
+    combinedLogFormatter,
+    datetimeToString,
+    parse_qs,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -45,12 +57,18 @@ from pluginserver.answers import (
     error,
     too_many_requests,
 )
-from pluginserver.channel import PluginServerChannel
+from pluginserver.channel import PluginServerChannel, answer_head, header_lines
 from pluginserver.config import Settings
 from pluginserver.metrics import Metrics
 from pluginserver.ratelimit import Limits, retry_after
 
-__all__ = ["PluginServerChannel", "PluginServerRequest", "PluginServerSite"]
+__all__ = [
+    "ParsedRequest",
+    "PluginServerChannel",
+    "PluginServerRequest",
+    "PluginServerSite",
+    "web_request",
+]
 
 
 def _bulk_header_setter() -> Any:
@@ -118,58 +136,20 @@ class _Discard:
         pass
 
 
-class PluginServerRequest(Request):
+class _Body:
     """
-    A request that enforces the body limit.
-
-    @ivar route: the route label of this request's metrics, set by the web
-        layer (absent until it has seen the request).
+    What both kinds of request do with a request's body: refuse it (413)
+    past C{max_body} before any of it is read, ask the limits before it is
+    read, and keep it in memory or in a temporary file.
     """
 
-    channel: PluginServerChannel  # type: ignore[assignment]
-    site: PluginServerSite
-    route: str
-
-    defaultContentType = b"application/json"
-    persistent = True
-    """Whether the connection may stay open after this answer (the client
-    said C{Connection: close}, or spoke HTTP/1.0, or sent an Upgrade)."""
-    expectsContinue = False
-    """The client waits for C{100 Continue} before it sends the body."""
-    _args: dict[bytes, list[bytes]] | None = None
+    channel: PluginServerChannel
+    requestHeaders: Headers
+    content: Any = None
     _refused = False
     _received = 0
     # Seconds to wait, for a request refused by a limit before its body.
     _limited = 0.0
-
-    @property
-    def args(self) -> dict[bytes, list[bytes]]:
-        """
-        The query's fields, and a urlencoded POST form's, as twisted.web
-        gives them; parsed when first asked for (the web layer parses the
-        arguments itself, so for plugin routes they never are).
-        """
-        if self._args is None:
-            # What twisted.web's requestReceived does: the query, then a
-            # urlencoded POST form's fields in place of the query's.
-            args = parse_qs(self.uri.partition(b"?")[2], 1)
-            contentType = self.getHeader(b"content-type") or b""
-            content = self.content
-            if (
-                self.method == b"POST"
-                and content is not None
-                and contentType.split(b";", 1)[0].strip().lower()
-                == b"application/x-www-form-urlencoded"
-            ):
-                content.seek(0)
-                args.update(parse_qs(content.read(), 1))
-                content.seek(0)
-            self._args = args
-        return self._args
-
-    @args.setter
-    def args(self, value: dict[bytes, list[bytes]]) -> None:
-        self._args = value
 
     def gotLength(self, length: int | None) -> None:
         site = self.channel.site
@@ -201,7 +181,7 @@ class PluginServerRequest(Request):
         if self._received > self.channel.site.max_body:
             self._refuse()
             return
-        super().handleContentChunk(data)
+        self.content.write(data)
 
     def _refuse(self, response: bytes = TOO_LARGE) -> None:
         """
@@ -217,6 +197,56 @@ class PluginServerRequest(Request):
         self.requestHeaders.removeHeader(b"expect")
         self.channel.refuse(response)
 
+
+class PluginServerRequest(_Body, Request):
+    """
+    A request that enforces the body limit.
+
+    @ivar route: the route label of this request's metrics, set by the web
+        layer (absent until it has seen the request).
+    """
+
+    channel: PluginServerChannel  # type: ignore[assignment]
+    site: PluginServerSite
+    route: str
+
+    defaultContentType = b"application/json"
+    persistent = True
+    """Whether the connection may stay open after this answer (the client
+    said C{Connection: close}, or spoke HTTP/1.0, or sent an Upgrade)."""
+    expectsContinue = False
+    """The client waits for C{100 Continue} before it sends the body."""
+    _args: dict[bytes, list[bytes]] | None = None
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
+        """
+        The query's fields, and a urlencoded POST form's, as twisted.web
+        gives them; parsed when first asked for (the web layer parses the
+        arguments itself, so for plugin routes they never are).
+        """
+        if self._args is None:
+            # What twisted.web's requestReceived does: the query, then a
+            # urlencoded POST form's fields in place of the query's.
+            args = parse_qs(self.uri.partition(b"?")[2], 1)
+            contentType = self.getHeader(b"content-type") or b""
+            content = self.content
+            if (
+                self.method == b"POST"
+                and content is not None
+                and contentType.split(b";", 1)[0].strip().lower()
+                == b"application/x-www-form-urlencoded"
+            ):
+                content.seek(0)
+                args.update(parse_qs(content.read(), 1))
+                content.seek(0)
+            self._args = args
+        return self._args
+
+    @args.setter
+    def args(self, value: dict[bytes, list[bytes]]) -> None:
+        self._args = value
+
     def process(self) -> None:
         """
         What L{Request.process} does, less what this site never needs per
@@ -229,10 +259,7 @@ class PluginServerRequest(Request):
             return
         site = self.site = self.channel.site
         self.started = _now()
-        now = int(time.time())
-        if now != site._dateSecond:
-            site._dateSecond = now
-            site._date = datetimeToString(now)
+        site.tick()
         _set_default_headers(self.responseHeaders, site._date)
         self.prepath = []
         self.postpath = []
@@ -330,6 +357,243 @@ class PluginServerRequest(Request):
         self.write(INTERNAL_ERROR)
         self.finish()
         return reason
+
+
+class ParsedRequest(_Body):
+    """
+    A request as the channel parsed it, answered without twisted.web's
+    Request when a plain answer is all it needs: a plugin route's JSON, an
+    error of the gate.
+
+    twisted.web's Request, its two L{Headers} and its generic C{finish}
+    cost a sixth of a small request, and a plugin's answer needs none of
+    them: this request carries what the web layer's gate reads (the parsed
+    method, target, version and headers; the peer) and what an answer
+    sets (status, headers), and writes a whole answer in one write.  An
+    answer that sets no header but the defaults is made from a head
+    L{PluginServerSite.tick} makes once a second.
+
+    Where twisted.web's own Request is needed (the Klein routes, files,
+    streams, an answer that comes later, a resource tree that is not the
+    web layer's), L{web_request} builds one from this request and puts it
+    in this one's place on the channel: from then on that Request answers.
+
+    @ivar route: the route label of this request's metrics, set by the web
+        layer (absent until it has seen the request).
+    """
+
+    site: PluginServerSite
+    route: str
+    started: float
+    method: bytes
+    uri: bytes
+    path: bytes
+    clientproto: bytes
+
+    code = 200
+    code_message = b"OK"
+    persistent = True
+    """Whether the connection may stay open after this answer."""
+    expectsContinue = False
+    """The client waits for C{100 Continue} before it sends the body."""
+    finished = 0
+    sentLength = 0
+    _disconnected = False
+    # The answer's headers, once anything but the defaults is set.
+    _headers: Headers | None = None
+    # What write() was given, sent whole by finish().
+    _written: list[bytes] | None = None
+    # The twisted.web Request that answers in this one's place.
+    _web: PluginServerRequest | None = None
+    _log = Logger()
+
+    def __init__(self, channel: PluginServerChannel) -> None:
+        self.channel = channel
+        self.transport = channel.transport
+        self.client = channel.getPeer()
+        self.requestHeaders = Headers()
+
+    # -- what the gate reads ---------------------------------------------------
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values is not None else None
+
+    def getClientAddress(self) -> Any:
+        return self.client
+
+    def getHost(self) -> Any:
+        return self.channel.getHost()
+
+    def isSecure(self) -> bool:
+        return self.channel.isSecure()
+
+    # -- what an answer sets ---------------------------------------------------
+
+    @property
+    def responseHeaders(self) -> Headers:
+        """
+        The answer's headers: the defaults every answer carries, and what
+        has been set since.
+        """
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = Headers()
+            _set_default_headers(headers, self.channel.site._date)
+        return headers
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+        self.code_message = message if message is not None else RESPONSES.get(code, b"Unknown")
+
+    def write(self, data: bytes) -> None:
+        """
+        Add to the body, sent whole by L{finish}: this request is never
+        one that streams (see L{web_request}).
+        """
+        if self._written is None:
+            self._written = []
+        self._written.append(data)
+
+    def finish(self) -> None:
+        self._answer(b"".join(self._written or ()))
+
+    # -- answering ---------------------------------------------------------------
+
+    def process(self) -> None:
+        """
+        Render the request through the site's resource and answer what it
+        gives.
+        """
+        if self._refused:
+            return
+        site = self.site = self.channel.site
+        self.started = _now()
+        site.tick()
+        resource = site.resource
+        if self._limited or not getattr(resource, "rendersParsedRequests", False):
+            # A limit's refusal, or a resource that wants twisted.web's own.
+            self.web_request().process()
+            return
+        try:
+            body = resource.render(self)
+            if body is not NOT_DONE_YET:
+                (self._web or self)._answer(body)
+        except BaseException:
+            (self._web or self).processingFailed(Failure())
+
+    def _answer(self, body: Any) -> None:
+        """
+        Send a whole answer with C{body} (none for HEAD, 204 and 304) and
+        finish: what twisted.web's render and finish do with a body a
+        resource returned, in one write.
+        """
+        if not isinstance(body, bytes):
+            raise TypeError(f"the resource returned {type(body).__name__}, not bytes")
+        code = self.code
+        channel = self.channel
+        headOnly = self.method == b"HEAD" or code in NO_BODY_CODES
+        if self._headers is None and not headOnly:
+            self.sentLength = len(body)
+            data = b"%s %d %s\r\n%s%d\r\n\r\n%s" % (
+                self.clientproto,
+                code,
+                self.code_message,
+                self.site._plainHead,
+                len(body),
+                body,
+            )
+        else:
+            headers = self.responseHeaders
+            if code not in NO_BODY_CODES and (body or self.method != b"HEAD"):
+                headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+            head = answer_head(self.clientproto, b"%d" % (code,), self.code_message, headers)
+            if not headOnly:
+                self.sentLength = len(body)
+                head.append(body)
+            data = b"".join(head)
+        self.finished = 1
+        if self._disconnected:
+            return
+        channel.write(data)
+        self.site.log(self)
+        channel.requestDone(self)
+        content = self.content
+        if content is not None:
+            content.close()
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        """
+        A failure no layer above caught: logged with its traceback, answered
+        500 in JSON, as L{PluginServerRequest} answers it.
+        """
+        self._log.failure(
+            "Request {method} {path} failed", failure=reason, method=self.method, path=self.path
+        )
+        if not self.finished:
+            self.setResponseCode(500)
+            self._written = None
+            _set_default_headers(self.responseHeaders, self.site._date)
+            self._answer(INTERNAL_ERROR)
+        return reason
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._disconnected = True
+
+    def web_request(self) -> PluginServerRequest:
+        """
+        twisted.web's own Request for this one, made from it once and put in
+        its place on the channel: the status and headers set so far, the
+        body, the route label and key id the web layer has set.
+        """
+        web = self._web
+        if web is not None:
+            return web
+        channel = self.channel
+        site = channel.site
+        web = self._web = PluginServerRequest(channel)
+        web.site = site
+        web.method, web.uri, web.path = self.method, self.uri, self.path
+        web.clientproto = self.clientproto
+        web.requestHeaders = self.requestHeaders
+        web.content = self.content
+        web.persistent = self.persistent
+        web._received, web._limited = self._received, self._limited
+        web.code, web.code_message = self.code, self.code_message
+        if self._headers is not None:
+            web.responseHeaders = self._headers
+        else:
+            _set_default_headers(web.responseHeaders, site._date)
+        web.prepath, web.postpath = [], []
+        for name in ("route", "started", "key_id"):
+            if name in self.__dict__:
+                setattr(web, name, self.__dict__[name])
+        channel.replace(self, web)
+        return web
+
+
+_R = TypeVar("_R", bound=http.Request)
+
+
+@overload
+def web_request(request: ParsedRequest) -> PluginServerRequest: ...
+
+
+@overload
+def web_request(request: _R) -> _R: ...
+
+
+def web_request(request: Any) -> Any:
+    """
+    twisted.web's own Request for C{request}: itself, or the one a
+    L{ParsedRequest} becomes.
+    """
+    if isinstance(request, ParsedRequest):
+        return request.web_request()
+    return request
 
 
 ACCESS_LOG_BUFFER = 65536
@@ -447,7 +711,8 @@ class PluginServerSite(Site):
     @ivar channels: the open connections.
     """
 
-    requestFactory = PluginServerRequest
+    # Twisted types it as its own Request's factory.
+    requestFactory = ParsedRequest  # type: ignore[assignment]
     # Twisted types this as its HTTP/1.1-or-HTTP/2 wrapper's factory; this
     # site serves its own HTTP/1.1 channel.
     protocol = PluginServerChannel  # type: ignore[assignment]
@@ -465,9 +730,24 @@ class PluginServerSite(Site):
         # The web resource's limits, when it has some.
         self.limits = getattr(self.resource, "limits", None)
         self.channels: set[PluginServerChannel] = set()
-        # The Date header's value, made at most once a second (by requests).
+        # The Date header's value, and the head of a plain answer up to its
+        # Content-Length (see ParsedRequest), made at most once a second.
         self._dateSecond = -1
         self._date = b""
+        self._plainHead = b""
+
+    def tick(self) -> None:
+        """
+        Bring the Date of answers up to the current second (asked by every
+        request: a clock read and a comparison, nearly always).
+        """
+        now = int(time.time())
+        if now != self._dateSecond:
+            self._dateSecond = now
+            self._date = datetimeToString(now)
+            headers = Headers()
+            _set_default_headers(headers, self._date)
+            self._plainHead = b"".join(header_lines(headers)) + b"Content-Length: "
 
     def configure(self, settings: Settings) -> None:
         """
@@ -484,7 +764,7 @@ class PluginServerSite(Site):
         """
         return sum(len(channel.requests) for channel in self.channels)
 
-    def log(self, request: http.Request) -> None:
+    def log(self, request: http.Request | ParsedRequest) -> None:
         """
         Count the answered request, and write its access-log line when
         there is an access log (twisted.web would otherwise send it to the
@@ -499,7 +779,9 @@ class PluginServerSite(Site):
                 _now() - started if started is not None else 0.0,
             )
         if self.logPath is not None:
-            super().log(request)
+            # The formatter (redacted_log_line) reads of a request only what
+            # a ParsedRequest has too.
+            super().log(request)  # type: ignore[arg-type]
 
     # -- the access log ------------------------------------------------------------
 

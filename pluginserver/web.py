@@ -81,6 +81,7 @@ from pluginserver.security import (
     host_without_port,
     preflight_headers,
 )
+from pluginserver.site import web_request
 from pluginserver.streams import Streams
 from pluginserver.target import BAD_TARGET, BadTarget, Target, parse_path, split_absolute
 from pluginserver.webui import DASHBOARD, dashboard_tree, redirect_to_dashboard
@@ -157,6 +158,10 @@ class PluginServerResource(Resource):
     """
 
     isLeaf = True
+    rendersParsedRequests = True
+    """The site may hand it a L{ParsedRequest}: it asks L{web_request} for
+    twisted.web's own Request where it needs one (Klein, files, streams,
+    an answer that comes later), and answers plugin routes without."""
 
     def __init__(
         self,
@@ -328,6 +333,7 @@ class PluginServerResource(Resource):
     def _utilityRoute(
         self, request: PluginServerRequest, policy: SecurityPolicy, target: Target, client: str
     ) -> Any:
+        request = web_request(request)  # Klein's
         name = target.name
         if not name and request.method in _SAFE and DASHBOARD in self._documents:
             return redirect_to_dashboard(request)  # "/": the dashboard
@@ -365,6 +371,7 @@ class PluginServerResource(Resource):
         and the key it needs (the global one unless its C{[plugin_parms]}
         say C{auth=none} or give it its own).
         """
+        request = web_request(request)  # files are served through it
         tree, key = documents
         if request.method not in _SAFE:
             request.setHeader(b"allow", b"GET, HEAD")
@@ -591,6 +598,8 @@ class PluginServerResource(Resource):
         Send a plugin's L{Response}: checked whole before anything is set,
         so that a mistake in it is a clean logged 500.
         """
+        if isinstance(response, (FileResponse, EventStream)) or is_stream(response.body):
+            request = web_request(request)  # they write through it over time
         try:
             status = check_status(response.status)
             pairs, headerType = header_pairs(response.headers)
@@ -615,6 +624,7 @@ class PluginServerResource(Resource):
         Answer when an asynchronous handler fires, or 504 when it runs past
         C{request_timeout}; a client that goes away cancels it.
         """
+        request = web_request(request)  # it answers later
         gone: list[bool] = []
 
         def disconnected(reason: Failure) -> None:
