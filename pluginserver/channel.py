@@ -328,17 +328,12 @@ class PluginServerChannel(Protocol):
             self._refuseParsing(URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = len(name) + len(value) + 4
-        self._headSize += size
+        # The head so far holds this line: one bound checks both.
+        self._headSize += len(name) + len(value) + 4
         self._headerCount += 1
-        if size > MAX_HEADER or self._headSize > MAX_HEADER or self._headerCount > MAX_HEADERS:
+        if self._headSize > MAX_HEADER or self._headerCount > MAX_HEADERS:
             self._refuseParsing(HEADERS_TOO_LARGE)
-        key = _canonical(name)
-        values = self._headers.get(key)
-        if values is None:
-            self._headers[key] = [value]
-        else:
-            values.append(value)
+        self._headers.setdefault(_canonical(name), []).append(value)
         if len(name) in (6, 14, 17):
             lowered = name.lower()
             if lowered == b"content-length":
