@@ -447,7 +447,9 @@ class ParsedRequest(_Body):
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         self.code = code
-        self.code_message = message if message is not None else RESPONSES.get(code, b"Unknown")
+        self.code_message = (
+            message if message is not None else RESPONSES.get(code, b"Unknown Status")
+        )
 
     def write(self, data: bytes) -> None:
         """
@@ -459,7 +461,8 @@ class ParsedRequest(_Body):
         self._written.append(data)
 
     def finish(self) -> None:
-        self._answer(b"".join(self._written or ()))
+        if not self.finished:
+            self._answer(b"".join(self._written or ()))
 
     # -- answering ---------------------------------------------------------------
 
@@ -473,6 +476,11 @@ class ParsedRequest(_Body):
         site = self.site = self.channel.site
         self.started = _now()
         site.tick()
+        if self._headers is not None:
+            # Set while the head was parsed (Connection: close), when the
+            # Date may have been another second's: every answer starts
+            # with the defaults of now.
+            _set_default_headers(self._headers, site._date)
         resource = site.resource
         if self._limited or not getattr(resource, "rendersParsedRequests", False):
             # A limit's refusal, or a resource that wants twisted.web's own.
@@ -542,6 +550,8 @@ class ParsedRequest(_Body):
 
     def connectionLost(self, reason: Failure) -> None:
         self._disconnected = True
+        if self.content is not None:
+            self.content.close()  # a queued request's temporary file
 
     def web_request(self) -> PluginServerRequest:
         """

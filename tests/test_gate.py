@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pluginserver.target import BadTarget, parse_path, split_absolute
+from pluginserver.target import REMEMBERED_PATH, BadTarget, parse_path, split_absolute
 from pluginserver.testing import Answer, Server, serve
 from tests.helpers import PluginDir, plugin_source
 
@@ -99,6 +99,24 @@ class ParsePathTests(SynchronousTestCase):
     def test_invalidUTF8(self) -> None:
         e = self.assertRaises(BadTarget, parse_path, b"/hello/%ff")
         self.assertEqual(e.status, 400)
+
+    def test_shortPathsAreRememberedLongOnesNot(self) -> None:
+        """
+        A path is parsed once while it is remembered (the same Target comes
+        back); one longer than REMEMBERED_PATH is parsed each time, so that
+        clients cannot fill the memory with long paths.  Either parses the
+        same.
+        """
+        short = b"/hello/a/b"
+        self.assertIs(parse_path(short), parse_path(short))
+        long = b"/hello/" + b"a" * REMEMBERED_PATH
+        first, second = parse_path(long), parse_path(long)
+        self.assertIsNot(first, second)
+        self.assertEqual(first, second)
+        self.assertEqual((first.name, first.subpath), ("hello", "a" * REMEMBERED_PATH))
+        # A refusal is never remembered: it raises every time.
+        for _ in range(2):
+            self.assertRaises(BadTarget, parse_path, b"/hello/../x")
 
     def test_absoluteForm(self) -> None:
         self.assertEqual(

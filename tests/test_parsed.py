@@ -47,6 +47,8 @@ ANSWERS = textwrap.dedent(
                 return FileResponse(os.path.join(os.path.dirname(__file__), "p.py"))
             if kind == "later":
                 return self.later()
+            if kind == "unnamed":
+                return 299, {"kind": kind}
             return {"kind": kind}
 
         async def later(self):
@@ -120,6 +122,30 @@ class WireTests(TestCase):
         )
         self.assertIn(b"\r\nConnection: close\r\n", written)
         self.assertTrue(written.endswith(b'{"kind":"x"}'), written)
+
+    @defer.inlineCallbacks
+    def test_theFirstAnswerThatClosesCarriesTheDate(self) -> Any:
+        """
+        An answer whose headers were set while its head was parsed (the
+        Connection: close of a client that asked for it, or of an Upgrade)
+        carries the Date of when it is answered, even the first answer of
+        a new server.
+        """
+        yield self.serve()
+        for extra in (b"Connection: close\r\n", b"Connection: upgrade\r\nUpgrade: x\r\n"):
+            written = exchange(
+                PluginServerSite(self.server.resource),
+                b"GET /p/x HTTP/1.1\r\nHost: localhost\r\n" + extra + b"\r\n",
+            )
+            self.assertRegex(written, rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+            self.assertIn(b"\r\nConnection: close\r\n", written)
+            self.assertTrue(written.endswith(b'{"kind":"x"}'), written)
+
+    @defer.inlineCallbacks
+    def test_aStatusTwistedWebDoesNotName(self) -> Any:
+        yield self.serve()
+        written = exchange(self.server.site, b"GET /p/unnamed HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertTrue(written.startswith(b"HTTP/1.1 299 Unknown Status\r\n"), written)
 
     @defer.inlineCallbacks
     def test_errorsOfTheGate(self) -> Any:
@@ -213,6 +239,7 @@ class _Failing(Resource):
         request.write(b'{"second":')
         request.write(b"true}")
         request.finish()
+        request.finish()  # a second finish is ignored, as twisted.web ignores it
         return NOT_DONE_YET
 
 
@@ -239,6 +266,7 @@ class RootTests(SynchronousTestCase):
         first, second = testing.read_answers(written).answers
         self.assertEqual((first.status, first.body), (500, INTERNAL_ERROR))
         self.assertEqual(first.header("content-type"), "application/json")
+        self.assertEqual(len(testing.read_answers(written).answers), 2)
         self.assertEqual((second.status, second.json()), (200, {"second": True}))
         self.assertEqual(second.header("x-second"), "yes")
         self.assertEqual(second.header("content-length"), str(len(second.body)))
