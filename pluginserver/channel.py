@@ -482,16 +482,6 @@ class PluginServerChannel(Protocol):
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
         self._send(b"".join(answer_head(version, code, reason, headers)))
 
-    def writeAnswer(
-        self, version: bytes, code: bytes, reason: bytes, headers: Headers, body: bytes
-    ) -> None:
-        """
-        Write a whole answer, head and body, in one write.
-        """
-        head = answer_head(version, code, reason, headers)
-        head.append(body)
-        self._send(b"".join(head))
-
     def write(self, data: bytes) -> None:
         self._send(data)
 

@@ -283,49 +283,15 @@ class PluginServerRequest(_Body, Request):
     def _answer(self, body: Any) -> None:
         """
         Send the body a resource returned and finish: what twisted.web's
-        C{Request.render} does with it, in one write to the transport when
-        nothing but a plain answer with a length is asked for (nearly
-        always), and through twisted.web's own C{write} otherwise.
+        C{Request.render} does with it.  (A plugin route's plain answer is
+        written by L{ParsedRequest}; this request answers the rest.)
         """
         if not isinstance(body, bytes):
             raise TypeError(f"the resource returned {type(body).__name__}, not bytes")
-        length = b"%d" % (len(body),)
-        headers = self.responseHeaders
-        channel = self.channel
-        if (
-            self.method == b"HEAD"
-            or self.code in NO_BODY_CODES
-            or self.startedWriting
-            or self.cookies
-            or self.etag is not None
-            or self.lastModified is not None
-            or self._encoder is not None
-            or channel is None
-            or self._disconnected
-            or self.notifications
-            or self.producer is not None
-        ):
-            if self.method != b"HEAD" or body:
-                headers.setRawHeaders(b"content-length", [length])
-            self.write(body if self.method != b"HEAD" else b"")
-            self.finish()
-            return
-        headers.setRawHeaders(b"content-length", [length])
-        self.startedWriting = 1
-        self.sentLength = len(body)
-        channel.writeAnswer(
-            self.clientproto, b"%d" % (self.code,), self.code_message, headers, body
-        )
-        # What twisted.web's finish does after such an answer, without what
-        # it never needs (a chunk terminator, an encoder, a producer or a
-        # Deferred waiting for the end: checked above): count and log it,
-        # and hand the connection on.  A fifth of a small request's time.
-        self.finished = 1
-        self.site.log(self)
-        channel.requestDone(self)
-        content = self.content
-        if content is not None:
-            content.close()
+        if self.method != b"HEAD" or body:
+            self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+        self.write(body if self.method != b"HEAD" else b"")
+        self.finish()
 
     def _tooMany(self) -> None:
         """
