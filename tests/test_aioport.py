@@ -72,6 +72,21 @@ class ServedTests(TestCase):
     def connect(self) -> socket.socket:
         return socket.create_connection((self.interface, self.number), timeout=20)
 
+    def ask(self, data: bytes, halfClose: bool = False) -> defer.Deferred[bytes]:
+        """
+        Send C{data} on a new connection (then shut its sending side down,
+        when C{halfClose}) and read until the server closes it, in a thread.
+        """
+
+        def ask() -> bytes:
+            with self.connect() as s:
+                s.sendall(data)
+                if halfClose:
+                    s.shutdown(socket.SHUT_WR)
+                return _read_all(s)
+
+        return deferToThread(ask)
+
     @defer.inlineCallbacks
     def test_pipelinedAnswersPastAFullBufferStayInOrder(self) -> Any:
         data = get(b"/small?n=1") + get(b"/huge?n=2") + get(b"/small?n=3")
@@ -102,33 +117,20 @@ class ServedTests(TestCase):
 
     @defer.inlineCallbacks
     def test_halfClosedClientIsAnsweredThenClosed(self) -> Any:
-        def ask() -> bytes:
-            with self.connect() as s:
-                s.sendall(get(b"/small?n=7"))
-                s.shutdown(socket.SHUT_WR)
-                return _read_all(s)
-
-        received = yield deferToThread(ask)
+        received = yield self.ask(get(b"/small?n=7"), halfClose=True)
         self.assertEqual(responses(received), [(200, b"7")])
 
     @defer.inlineCallbacks
     def test_http10IsAnsweredThenClosed(self) -> Any:
-        def ask() -> bytes:
-            with self.connect() as s:
-                s.sendall(b"GET /small?n=5 HTTP/1.0\r\n\r\n")
-                return _read_all(s)
-
-        received = yield deferToThread(ask)
+        received = yield self.ask(b"GET /small?n=5 HTTP/1.0\r\n\r\n")
         self.assertEqual(responses(received), [(200, b"5")])
 
     @defer.inlineCallbacks
     def test_malformedRequestIsRefusedAndClosed(self) -> Any:
-        def ask() -> bytes:
-            with self.connect() as s:
-                s.sendall(b"GET /small HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
-                return _read_all(s)  # the server's FIN ends it, before its linger
-
-        received = yield deferToThread(ask)
+        # The server's FIN ends the reading, before its linger.
+        received = yield self.ask(
+            b"GET /small HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        )
         self.assertEqual([status for status, _ in responses(received)], [400])
 
     @defer.inlineCallbacks
