@@ -203,7 +203,9 @@ def parse_request(request: Request) -> Arguments:
     query_string = request.uri.partition(b"?")[2]
     body = read_body(request)
     if not query_string and not body:
-        return Arguments({})  # most GETs: a fresh one, plugins may keep it
+        # Most GETs: fresh ones, plugins may keep them (by position: a
+        # default made by attr.Factory costs a call).
+        return Arguments({}, None, b"", None, None, {})
     query: Fields = parse_qs(query_string, 1) if query_string else {}
     form, files = _form(request, body)
     contentType = request.getHeader(b"content-type") or b""

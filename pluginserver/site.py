@@ -168,7 +168,10 @@ class _Body:
         # Where twisted.web keeps a body: in memory when small and of known
         # length, else in a temporary file.  (twisted.web's own gotLength
         # looks for a hook on the site first, and the AttributeError of its
-        # absence cost as much as building the Request.)
+        # absence cost as much as building the Request.)  No body, no file:
+        # twisted.web's Request gets an empty one (web_request).
+        if length == 0:
+            return
         if length is not None and length < IN_MEMORY_BODY:
             self.content = BytesIO()
         else:
@@ -535,7 +538,7 @@ class ParsedRequest(_Body):
         web.method, web.uri, web.path = self.method, self.uri, self.path
         web.clientproto = self.clientproto
         web.requestHeaders = self.requestHeaders
-        web.content = self.content
+        web.content = self.content if self.content is not None else BytesIO()
         web.persistent = self.persistent
         web._received, web._limited = self._received, self._limited
         web.code, web.code_message = self.code, self.code_message

@@ -503,16 +503,17 @@ class PluginServerResource(Resource):
                 args = loaded.declared.apply(args)
             except ArgumentError as e:
                 return error(request, 400, str(e))
+        # By position: a call by keyword cost twice as much (9 fields).
         preq = PluginRequest(
-            method=method,
-            subpath=subpath,
-            args=args,
-            json=arguments.document,
-            headers=_LazyHeaders(request.requestHeaders),
-            client=client,
-            body=arguments.body,
-            files=arguments.files,
-            client_cert=cert,
+            method,
+            subpath,
+            args,
+            arguments.document,
+            _LazyHeaders(request.requestHeaders),
+            client,
+            arguments.body,
+            arguments.files,
+            cert,
         )
         if loaded.blocking and self._threadpool is not None:
             d = deferToThreadPool(self._reactor, self._threadpool, loaded.handle, preq)
