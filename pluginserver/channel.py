@@ -128,15 +128,19 @@ request.  llhttp has already refused any value Headers would have to clean
 """
 
 
-def _put_headers(headers: Headers, raw: dict[bytes, list[bytes]]) -> None:
+def _parsed_headers(raw: dict[bytes, list[bytes]]) -> Headers:
     """
-    Give C{headers} the parsed headers C{raw}, by canonical name.
+    twisted.web's Headers holding the parsed headers C{raw}, by canonical
+    name.
     """
     if _DIRECT:
+        headers = Headers.__new__(Headers)
         headers._rawHeaders = raw
-        return
-    for name, values in raw.items():  # pragma: no cover - a future twisted.web
+        return headers
+    headers = Headers()  # pragma: no cover - a future twisted.web
+    for name, values in raw.items():  # pragma: no cover
         headers.setRawHeaders(name, values)
+    return headers  # pragma: no cover
 
 
 def header_lines(headers: Headers, head: list[bytes] | None = None) -> list[bytes]:
@@ -358,7 +362,7 @@ class PluginServerChannel(Protocol):
         request.uri = target
         request.path = target.partition(b"?")[0]
         request.clientproto = version
-        _put_headers(request.requestHeaders, self._headers)
+        request.requestHeaders = _parsed_headers(self._headers)
         length = self._length
         if not parser.should_keep_alive():
             request.persistent = False
@@ -431,8 +435,11 @@ class PluginServerChannel(Protocol):
         """
         A request's answer is complete (twisted.web's Request calls this).
         """
-        if request in self.requests:
-            self.requests.remove(request)
+        requests = self.requests
+        if requests and requests[0] is request:
+            del requests[0]  # nearly always: answers go in order
+        elif request in requests:
+            requests.remove(request)
         if self._current is request:
             self._current = None
         self._lastActive = self._seconds()

@@ -358,6 +358,7 @@ class ParsedRequest(_Body):
     uri: bytes
     path: bytes
     clientproto: bytes
+    requestHeaders: Headers
 
     code = 200
     code_message = b"OK"
@@ -377,10 +378,11 @@ class ParsedRequest(_Body):
     _log = Logger()
 
     def __init__(self, channel: PluginServerChannel) -> None:
+        # The channel gives it the rest of what it parsed: method, uri,
+        # path, clientproto and requestHeaders.
         self.channel = channel
         self.transport = channel.transport
         self.client = channel.getPeer()
-        self.requestHeaders = Headers()
 
     # -- what the gate reads ---------------------------------------------------
 
@@ -474,15 +476,19 @@ class ParsedRequest(_Body):
         channel = self.channel
         headOnly = self.method == b"HEAD" or code in NO_BODY_CODES
         if self._headers is None and not headOnly:
-            self.sentLength = len(body)
-            data = b"%s %d %s\r\n%s%d\r\n\r\n%s" % (
-                self.clientproto,
-                code,
-                self.code_message,
-                self.site._plainHead,
-                len(body),
-                body,
-            )
+            length = self.sentLength = len(body)
+            if code == 200 and self.clientproto == b"HTTP/1.1" and self.code_message == b"OK":
+                # Nearly every answer: its head is made once a second.
+                data = b"%s%d\r\n\r\n%s" % (self.site._okHead, length, body)
+            else:
+                data = b"%s %d %s\r\n%s%d\r\n\r\n%s" % (
+                    self.clientproto,
+                    code,
+                    self.code_message,
+                    self.site._plainHead,
+                    length,
+                    body,
+                )
         else:
             headers = self.responseHeaders
             if code not in NO_BODY_CODES and (body or self.method != b"HEAD"):
@@ -710,10 +716,12 @@ class PluginServerSite(Site):
         self.limits = getattr(self.resource, "limits", None)
         self.channels: set[PluginServerChannel] = set()
         # The Date header's value, and the head of a plain answer up to its
-        # Content-Length (see ParsedRequest), made at most once a second.
+        # Content-Length (see ParsedRequest), without and with the status
+        # line of an HTTP/1.1 200, made at most once a second.
         self._dateSecond = -1
         self._date = b""
         self._plainHead = b""
+        self._okHead = b""
 
     def tick(self) -> None:
         """
@@ -727,6 +735,7 @@ class PluginServerSite(Site):
             headers = Headers()
             _set_default_headers(headers, self._date)
             self._plainHead = b"".join(header_lines(headers)) + b"Content-Length: "
+            self._okHead = b"HTTP/1.1 200 OK\r\n" + self._plainHead
 
     def configure(self, settings: Settings) -> None:
         """
