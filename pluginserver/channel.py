@@ -410,10 +410,10 @@ class PluginServerChannel(Protocol):
         try:
             requests = self.requests
             while (
-                self._current is None
+                requests  # first: the test that ends the loop, nearly always
+                and self._current is None
                 and not self._held
                 and not self._closing
-                and requests
                 and requests[0] is not self._receiving
                 and self._refusing is None
             ):
@@ -451,7 +451,8 @@ class PluginServerChannel(Protocol):
             # The client has not read this answer: the next request waits,
             # and nothing more is read, until the transport has sent it.
             self._held = True
-        self._next()
+        if not self._running:  # else _next goes on when the answer returns
+            self._next()
 
     def replace(self, request: AnyRequest, by: AnyRequest) -> None:
         """
