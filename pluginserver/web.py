@@ -48,6 +48,7 @@ from pluginserver.answers import (
     set_headers,
 )
 from pluginserver.arguments import Arguments, BadRequest, parse_request
+from pluginserver.channel import header_values
 from pluginserver.config import Settings
 from pluginserver.declared import ArgumentError
 from pluginserver.files import DocumentTree, serve_file
@@ -231,7 +232,7 @@ class PluginServerResource(Resource):
         # carries (JSON content type, nosniff, no-store).  This is the path
         # of every request: each check costs only when it is configured.
         policy = self._policy
-        hosts = request.requestHeaders.getRawHeaders(b"host")
+        hosts = header_values(request.requestHeaders, b"host")
         if request.path[:1] != b"/":
             absolute = split_absolute(request.path)
             if absolute is None:
