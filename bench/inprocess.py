@@ -11,6 +11,8 @@ profiling and for comparing two versions of the request path; wrk
     python bench/inprocess.py            # microseconds per request, both sites
     python bench/inprocess.py --profile  # cProfile of pluginserver's path
     python bench/inprocess.py --limits   # with a rate limit never hit
+
+bench/instructions.py counts the instructions of the same requests.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def drive(site: Site, count: int) -> float:
     return elapsed / count * 1e6
 
 
-def pluginserver_site(limits: bool = False) -> Site:
+def pluginserver_site(limits: bool = False, plugins: str | None = None) -> Site:
     sys.path.insert(0, os.path.dirname(HERE))
     from twisted.internet import reactor
 
@@ -71,7 +73,7 @@ def pluginserver_site(limits: bool = False) -> Site:
         f.write(
             "[server]\nlisten = tcp:0:interface=127.0.0.1\n"
             "allowed_hosts = list:localhost 127.0.0.1\n"
-            f"[paths]\nplugins = {os.path.join(os.path.dirname(HERE), 'plugins')}\n"
+            f"[paths]\nplugins = {plugins or os.path.join(os.path.dirname(HERE), 'plugins')}\n"
             # A rate limit so high it is never hit: what asking it costs.
             + ("[limits]\nrate = float:1000000\nburst = int:1000000\n" if limits else "")
         )
@@ -116,8 +118,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--limits", action="store_true", help="with a [limits] rate limit that is never hit"
     )
+    parser.add_argument("--plugins", help="the plugins directory (default: the bundled plugins)")
+    parser.add_argument(
+        "--drive",
+        choices=("pluginserver", "ceiling"),
+        help="only answer --count requests on this site, and print nothing "
+        "(what bench/instructions.py counts)",
+    )
     args = parser.parse_args(argv)
-    ours = pluginserver_site(args.limits)
+    if args.drive == "ceiling":
+        drive(Site(Ceiling()), args.count)
+        return 0
+    ours = pluginserver_site(args.limits, args.plugins)
+    if args.drive == "pluginserver":
+        drive(ours, args.count)
+        return 0
     ceiling = Site(Ceiling())
     if args.profile:
         profiler = cProfile.Profile()
