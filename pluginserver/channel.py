@@ -145,9 +145,9 @@ def _parsed_headers(raw: dict[bytes, list[bytes]]) -> Headers:
 
 def header_values(headers: Headers, name: bytes) -> list[bytes] | None:
     """
-    What C{headers.getRawHeaders(name)} gives (the values of header
-    C{name}, or L{None}), at a third of its cost: the gate asks it of
-    every request.
+    What C{headers.getRawHeaders(name)} gives for a C{bytes} name (the
+    values of header C{name}, or L{None}), at a third of its cost: the
+    gate asks it of every request.
     """
     if _DIRECT:
         return headers._rawHeaders.get(_canonical(name)) or None

@@ -347,6 +347,11 @@ class ParsedRequest(_Body):
     web layer's), L{web_request} builds one from this request and puts it
     in this one's place on the channel: from then on that Request answers.
 
+    Only the channel makes one: it gives it what it parsed (method, uri,
+    path, clientproto, requestHeaders).  A request without a body has no
+    C{content} (L{None}); twisted.web's Request made from it gets an empty
+    file.
+
     @ivar route: the route label of this request's metrics, set by the web
         layer (absent until it has seen the request).
     """
@@ -378,8 +383,6 @@ class ParsedRequest(_Body):
     _log = Logger()
 
     def __init__(self, channel: PluginServerChannel) -> None:
-        # The channel gives it the rest of what it parsed: method, uri,
-        # path, clientproto and requestHeaders.
         self.channel = channel
         self.transport = channel.transport
         self.client = channel.getPeer()
