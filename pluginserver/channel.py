@@ -96,6 +96,13 @@ MAX_HEADER = 16384
 MAX_HEADERS = 500
 """Header lines in one request (431 past it)."""
 
+SMALL_READ = min(MAX_HEADER, 4 * MAX_HEADERS)
+"""
+Bytes of a read that cannot hold a head past the bounds above: a header
+line is at least four bytes (C{a:} and CRLF).  A head that began and ended
+in such a read is not measured.
+"""
+
 ABORT_TIMEOUT = 15.0
 """Seconds a timed-out connection may take to close before it is aborted."""
 
@@ -141,6 +148,11 @@ def _parsed_headers(raw: dict[bytes, list[bytes]]) -> Headers:
     for name, values in raw.items():  # pragma: no cover
         headers.setRawHeaders(name, values)
     return headers  # pragma: no cover
+
+
+_CONTENT_LENGTH = _canonical(b"content-length")
+_TRANSFER_ENCODING = _canonical(b"transfer-encoding")
+_EXPECT = _canonical(b"expect")
 
 
 def header_values(headers: Headers, name: bytes) -> list[bytes] | None:
@@ -245,13 +257,11 @@ class PluginServerChannel(Protocol):
         self._secure = ISSLTransport.providedBy(transport)
         reactor: Any = self.site.reactor  # typed loosely: a zope Interface
         self._seconds: Callable[[], float] = reactor.seconds
-        # Parsing state of the message being read.
-        self._headers: dict[bytes, list[bytes]] = {}
-        self._headerCount = 0
-        self._length: int | None = 0
-        self._expect = False
+        # Parsing state of the message being read: its target and its
+        # headers' values by canonical name; the size of the last read.
         self._target = b""
-        self._headSize = 0
+        self._headers: dict[bytes, list[bytes]] = {}
+        self._readSize = 0
         self._inHead = False
         self._begun = False
         self._headBytes = 0
@@ -278,6 +288,7 @@ class PluginServerChannel(Protocol):
         self._lastActive = self._seconds()
         inHead = self._inHead
         self._begun = False
+        self._readSize = len(data)
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
@@ -299,6 +310,9 @@ class PluginServerChannel(Protocol):
                 self._headBytes = 0
             if self._headBytes > MAX_TARGET + MAX_HEADER + 2048:
                 self.refuse(HEADERS_TOO_LARGE if self._target else URI_TOO_LONG)
+            elif self._headTooLarge():
+                # What it holds of the head so far is kept no longer.
+                self.refuse(HEADERS_TOO_LARGE)
             elif self._headDeadline is None:
                 self._headDeadline = self.callLater(self.site.header_timeout, self._headTimedOut)
         self._next()
@@ -331,12 +345,8 @@ class PluginServerChannel(Protocol):
     def on_message_begin(self) -> None:
         self._inHead = True
         self._begun = True
-        self._headers = {}
-        self._headerCount = 0
-        self._length = 0  # no length and not chunked: no body
-        self._expect = False
         self._target = b""
-        self._headSize = 0
+        self._headers = {}
 
     def on_url(self, url: bytes) -> None:
         target = self._target = self._target + url
@@ -344,38 +354,41 @@ class PluginServerChannel(Protocol):
             self._refuseParsing(URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # The head so far holds this line: one bound checks both.
-        self._headSize += len(name) + len(value) + 4
-        self._headerCount += 1
-        if self._headSize > MAX_HEADER or self._headerCount > MAX_HEADERS:
-            self._refuseParsing(HEADERS_TOO_LARGE)
+        # A call per header is the dearest part of parsing: it only keeps
+        # the value.  The head's bounds are checked when it is complete, or
+        # when a read ends inside it (_headTooLarge).
         self._headers.setdefault(_canonical(name), []).append(value)
-        if len(name) in (6, 14, 17):
-            lowered = name.lower()
-            if lowered == b"content-length":
-                self._length = int(value)  # llhttp has checked it is one number
-            elif lowered == b"transfer-encoding":
-                self._length = None  # llhttp has checked it ends in chunked
-            elif lowered == b"expect":
-                self._expect = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         self._inHead = False
         if self._headDeadline is not None:
             self._cancelHeadDeadline()
+        raw = self._headers
+        # A head that came whole in a small read is within every bound
+        # (see SMALL_READ): only another one is measured.
+        if (not self._begun or self._readSize > SMALL_READ) and self._headTooLarge():
+            self._refuseParsing(HEADERS_TOO_LARGE)
         parser = self._parser
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             self._refuseParsing(BAD_REQUEST)
             return
+        # llhttp has checked the framing: one Content-Length that is a
+        # number, or a Transfer-Encoding that ends in chunked, not both.
+        length: int | None = 0  # no length and not chunked: no body
+        if _TRANSFER_ENCODING in raw:
+            length = None
+        else:
+            lengths = raw.get(_CONTENT_LENGTH)
+            if lengths is not None:
+                length = int(lengths[-1])
         request = self.requestFactory(self)
         target = self._target
         request.method = parser.get_method()
         request.uri = target
         request.path = target.partition(b"?")[0]
         request.clientproto = version
-        request.requestHeaders = _parsed_headers(self._headers)
-        length = self._length
+        request.requestHeaders = _parsed_headers(raw)
         if not parser.should_keep_alive():
             request.persistent = False
             if version == b"HTTP/1.1":
@@ -385,8 +398,10 @@ class PluginServerChannel(Protocol):
         request.gotLength(length)  # limits may refuse it here
         if self._pending is not None or self._refusing is not None:
             raise _Stop()
-        if self._expect and version == b"HTTP/1.1" and length != 0:
-            request.expectsContinue = True
+        if length != 0 and version == b"HTTP/1.1":
+            expect = raw.get(_EXPECT)
+            if expect is not None and expect[-1].lower() == b"100-continue":
+                request.expectsContinue = True
 
     def on_body(self, body: bytes) -> None:
         request = self._receiving
@@ -404,6 +419,18 @@ class PluginServerChannel(Protocol):
             content = request.content
             if content is not None:
                 content.seek(0, 0)
+
+    def _headTooLarge(self) -> bool:
+        """
+        Whether the header lines parsed so far are too many or too large
+        for one head: over L{MAX_HEADERS} lines, or over L{MAX_HEADER} bytes
+        (one line or all of them: name, value, ": " and CRLF each).
+        """
+        count = size = 0
+        for name, values in self._headers.items():
+            count += len(values)
+            size += (len(name) + 4) * len(values) + sum(map(len, values))
+        return count > MAX_HEADERS or size > MAX_HEADER
 
     def _refuseParsing(self, response: bytes) -> None:
         self.refuse(response)

@@ -38,6 +38,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from pluginserver.channel import MAX_HEADER, MAX_HEADERS, SMALL_READ
 from pluginserver.site import PluginServerChannel, PluginServerRequest, PluginServerSite
 from pluginserver.tls import DEFAULT_BACKLOG, listen_backlog, listener_problem, tls_endpoint
 from tests.certs import make_certificate
@@ -396,6 +397,68 @@ class FramingTests(ChannelCase):
         self.channel.dataReceived(b"{}")
         self.assertEqual(responses(self.transport.value()), [(200, b"7")])
         self.assertFalse(self.transport.disconnecting)
+
+
+def headed(lines: list[bytes], end: bytes = b"\r\n") -> bytes:
+    """
+    A GET of C{/hello?n=1} whose head holds C{Host} and then C{lines}.
+    """
+    return b"GET /hello?n=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(lines) + end
+
+
+class HeadBoundsTests(ChannelCase):
+    """
+    A head of at most 500 header lines and 16 KiB of them (name, value,
+    ": " and CRLF each) is answered, however it arrives; one past either
+    bound is refused 431 and the connection closed, whether it came in one
+    read or many, and whether or not it was complete.
+    """
+
+    HOST_LINE = len(b"Host: 127.0.0.1\r\n")
+
+    def assertRefused(self) -> None:
+        self.assertEqual(responses(self.transport.value())[0][0], 431)
+        self.assertTrue(self.transport.writeClosed)  # the refusal's half-close
+
+    def test_fiveHundredLinesAreAnswered(self) -> None:
+        self.channel.dataReceived(headed([b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS - 1)]))
+        self.assertEqual(responses(self.transport.value()), [(200, b"1")])
+
+    def test_fiveHundredAndOneLinesAreRefused(self) -> None:
+        self.channel.dataReceived(headed([b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS)]))
+        self.assertRefused()
+
+    def test_repeatedLinesCountToo(self) -> None:
+        self.channel.dataReceived(headed([b"X: 1\r\n"] * MAX_HEADERS))
+        self.assertRefused()
+
+    def test_sixteenKiBAreAnswered(self) -> None:
+        value = b"v" * (MAX_HEADER - self.HOST_LINE - len(b"X-Big: \r\n"))
+        self.channel.dataReceived(headed([b"X-Big: " + value + b"\r\n"]))
+        self.assertEqual(responses(self.transport.value()), [(200, b"1")])
+
+    def test_aByteMoreIsRefused(self) -> None:
+        value = b"v" * (MAX_HEADER - self.HOST_LINE - len(b"X-Big: \r\n") + 1)
+        self.channel.dataReceived(headed([b"X-Big: " + value + b"\r\n"]))
+        self.assertRefused()
+
+    def test_aHeadInManyReadsIsMeasured(self) -> None:
+        head = headed([b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS)])
+        for start in range(0, len(head), 100):
+            self.channel.dataReceived(head[start : start + 100])
+        self.assertRefused()
+
+    def test_anIncompleteHeadIsRefusedWhenItsReadEnds(self) -> None:
+        # What it holds of the head is not kept waiting for the rest.
+        self.channel.dataReceived(headed([b"X: 1\r\n"] * (MAX_HEADERS + 1), end=b""))
+        self.assertRefused()
+
+    def test_smallHeadsInOneLargeReadAreAnswered(self) -> None:
+        requests = [headed([b"X-A: %d\r\n" % i]) for i in range(40)]
+        data = b"".join(requests)
+        self.assertGreater(len(data), SMALL_READ)
+        self.channel.dataReceived(data)
+        self.assertEqual(responses(self.transport.value()), [(200, b"1")] * 40)
 
 
 HUGE = 16 * 1048576  # bytes of an answer no socket buffer takes at once
