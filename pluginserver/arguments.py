@@ -201,7 +201,7 @@ def parse_request(request: Request) -> Arguments:
         malformed or too deep, or a multipart body is malformed.
     """
     query_string = request.uri.partition(b"?")[2]
-    body = read_body(request)
+    body = read_body(request) if request.content is not None else b""
     if not query_string and not body:
         # Most GETs: fresh ones, plugins may keep them (by position: a
         # default made by attr.Factory costs a call).

@@ -212,39 +212,53 @@ class PluginServerChannel(Protocol):
     factory: PluginServerSite
     requestFactory: Callable[..., AnyRequest]
     callLater: Callable[..., DelayedCall]  # set by HTTPFactory.buildProtocol
-    timeOut: float | None = None
-    persistent = True
-
-    # The request being answered (the first of requests), or None.
-    _current: AnyRequest | None = None
-    # The request whose head has arrived and whose body is still arriving.
-    _receiving: AnyRequest | None = None
-    # An answer is unsent in the transport: the next request waits.
-    _held = False
-    # The transport has asked us to stop writing.
-    _waitingForTransport = False
-    # A refusal waiting for the requests before it to be answered.
-    _pending: bytes | None = None
-    # The refusal was sent: what the client still sends is dropped.
-    _refusing: DelayedCall | None = None
-    # The client sent its end of data: answer what came, then close.
-    _readClosed = False
-    # The connection is closing after an answer: answer nothing more.
-    _closing = False
-    # Whether we have stopped the transport's reading.
-    _readPaused = False
-    # Inside _next: a request answered meanwhile does not start another.
-    _running = False
-    _headDeadline: DelayedCall | None = None
-    _idleCall: DelayedCall | None = None
-    _abortingCall: DelayedCall | None = None
-    _lastActive = 0.0
-    # An answer's producer (a file, a stream), as a push producer.
-    _answerProducer: Any = None
-    _answerStreaming = True
-    # An Upgrade request was read: what follows it is not HTTP to us.
-    _upgraded = False
     transport: Any  # an ITCPTransport or a TLS one (typed loosely for mypy)
+
+    def __init__(self) -> None:
+        # All of a connection's state is on the instance from the start:
+        # CPython 3.11 specialises reads of an instance's attributes, not of
+        # its class's, and these are read on every request.
+        self.timeOut: float | None = None
+        self.persistent = True
+        # The request being answered (the first of requests), or None.
+        self._current: AnyRequest | None = None
+        # The request whose head has arrived and whose body is still arriving.
+        self._receiving: AnyRequest | None = None
+        # An answer is unsent in the transport: the next request waits.
+        self._held = False
+        # The transport has asked us to stop writing.
+        self._waitingForTransport = False
+        # A refusal waiting for the requests before it to be answered.
+        self._pending: bytes | None = None
+        # The refusal was sent: what the client still sends is dropped.
+        self._refusing: DelayedCall | None = None
+        # The client sent its end of data: answer what came, then close.
+        self._readClosed = False
+        # The connection is closing after an answer: answer nothing more.
+        self._closing = False
+        # Whether we have stopped the transport's reading.
+        self._readPaused = False
+        # Inside _next: a request answered meanwhile does not start another.
+        self._running = False
+        self._headDeadline: DelayedCall | None = None
+        self._idleCall: DelayedCall | None = None
+        self._abortingCall: DelayedCall | None = None
+        self._lastActive = 0.0
+        # An answer's producer (a file, a stream), as a push producer.
+        self._answerProducer: Any = None
+        self._answerStreaming = True
+        # An Upgrade request was read: what follows it is not HTTP to us.
+        self._upgraded = False
+        # Parsing state of the message being read: whether its head is
+        # arriving, began in this read, and how many bytes of it came in
+        # reads after the first; its target and its headers' values by
+        # canonical name.  The size of the last read.
+        self._inHead = False
+        self._begun = False
+        self._headBytes = 0
+        self._target = b""
+        self._headers: dict[bytes, list[bytes]] = {}
+        self._readSize = 0
 
     # -- the connection --------------------------------------------------------
 
@@ -257,14 +271,6 @@ class PluginServerChannel(Protocol):
         self._secure = ISSLTransport.providedBy(transport)
         reactor: Any = self.site.reactor  # typed loosely: a zope Interface
         self._seconds: Callable[[], float] = reactor.seconds
-        # Parsing state of the message being read: its target and its
-        # headers' values by canonical name; the size of the last read.
-        self._target = b""
-        self._headers: dict[bytes, list[bytes]] = {}
-        self._readSize = 0
-        self._inHead = False
-        self._begun = False
-        self._headBytes = 0
         transport.registerProducer(self, True)
         self._registered = True
         # A TCP connection's socket (ISystemHandle): see write.
@@ -285,7 +291,8 @@ class PluginServerChannel(Protocol):
             return  # refused or closing: what comes is dropped
         if self._upgraded:
             return
-        self._lastActive = self._seconds()
+        seconds = self._seconds  # a local: see requestDone
+        self._lastActive = seconds()
         inHead = self._inHead
         self._begun = False
         self._readSize = len(data)
@@ -467,7 +474,14 @@ class PluginServerChannel(Protocol):
                     self.write(_CONTINUE)
         finally:
             self._running = False
-        self._updateReading()
+        if (
+            requests
+            or self._readPaused
+            or self._held
+            or self._waitingForTransport
+            or self._pending is not None
+        ):
+            self._updateReading()  # else reading, with nothing to wait for: nearly always
         if self._readClosed:
             self._closeIfAnswered()
 
@@ -482,7 +496,10 @@ class PluginServerChannel(Protocol):
             requests.remove(request)
         if self._current is request:
             self._current = None
-        self._lastActive = self._seconds()
+        # Called through a local: CPython 3.11 does not specialise a method
+        # call of a callable kept on the instance.
+        seconds = self._seconds
+        self._lastActive = seconds()
         if not (self.persistent and request.persistent):
             self._closing = True
             self.loseConnection()
@@ -513,14 +530,6 @@ class PluginServerChannel(Protocol):
         a request waits its turn, an answer is unsent, or a refusal waits.
         """
         requests = self.requests
-        if not (
-            requests
-            or self._readPaused
-            or self._held
-            or self._waitingForTransport
-            or self._pending is not None
-        ):
-            return  # reading, with nothing to wait for: nearly always
         waiting = (
             len(requests) > (1 if self._current is not None else 0)
             and requests[-1] is not self._receiving

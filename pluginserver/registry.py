@@ -133,7 +133,8 @@ class DirectoryError(PluginLoadError):
     """
 
 
-@attr.s(auto_attribs=True, frozen=True, eq=False)
+# Slots: read on every request (see SecurityPolicy's note).
+@attr.s(auto_attribs=True, frozen=True, eq=False, slots=True)
 class LoadedPlugin:
     """
     One generation of one plugin: the instance serving its route, and where

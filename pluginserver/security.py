@@ -115,7 +115,10 @@ class CORSDecision:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-@attr.s(auto_attribs=True, frozen=True)
+# Slots: CPython 3.11 cannot keep a specialised attribute read on a frozen
+# attrs instance with a __dict__ (it deoptimises every few dozen reads), and
+# the gate reads this policy on every request.
+@attr.s(auto_attribs=True, frozen=True, slots=True)
 class SecurityPolicy:
     """
     The security settings, in the form the request path uses them.

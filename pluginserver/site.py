@@ -365,27 +365,34 @@ class ParsedRequest(_Body):
     clientproto: bytes
     requestHeaders: Headers
 
-    code = 200
-    code_message = b"OK"
-    persistent = True
-    """Whether the connection may stay open after this answer."""
-    expectsContinue = False
-    """The client waits for C{100 Continue} before it sends the body."""
-    finished = 0
-    sentLength = 0
-    _disconnected = False
-    # The answer's headers, once anything but the defaults is set.
-    _headers: Headers | None = None
-    # What write() was given, sent whole by finish().
-    _written: list[bytes] | None = None
-    # The twisted.web Request that answers in this one's place.
-    _web: PluginServerRequest | None = None
     _log = Logger()
 
     def __init__(self, channel: PluginServerChannel) -> None:
+        # Every field on the instance, none left to a class default: CPython
+        # 3.11 specialises reads of an instance's attributes only.
         self.channel = channel
         self.transport = channel.transport
         self.client = channel.getPeer()
+        self.code = 200
+        self.code_message = b"OK"
+        self.persistent = True
+        """Whether the connection may stay open after this answer."""
+        self.expectsContinue = False
+        """The client waits for C{100 Continue} before it sends the body."""
+        self.finished = 0
+        self.sentLength = 0
+        self._disconnected = False
+        # The answer's headers, once anything but the defaults is set.
+        self._headers: Headers | None = None
+        # What write() was given, sent whole by finish().
+        self._written: list[bytes] | None = None
+        # The twisted.web Request that answers in this one's place.
+        self._web: PluginServerRequest | None = None
+        # The body's state (see _Body).
+        self.content = None
+        self._refused = False
+        self._received = 0
+        self._limited = 0.0
 
     # -- what the gate reads ---------------------------------------------------
 
