@@ -17,6 +17,18 @@ protocol), and only its accepting and its connections are handed to the
 loop: L{serve} takes the bound, paused Twisted port; L{AsyncioConnection}
 gives the port's protocol each connection as an C{ITCPTransport}.  A
 C{unix:} listener, or another reactor, keeps Twisted's transports.
+
+What a connection writes is sent when the loop's turn has run every read
+it found ready (L{WriteBatch}), not at once: one system call per answer
+either way, but the answers of one turn leave back to back.  A client
+woken by the first finds the next ones already there instead of going back
+to sleep between them, and waking a process on another CPU is the dearest
+part of a write (an inter-processor interrupt; on a virtual machine, an
+exit to the hypervisor).  Twisted's own TCP transport sends on the next
+turn too.  Measured with C{wrk -t1 -c32} on /hello, interleaved with the
+ceiling: 20-23 us of user and 9-12 us of system CPU per request, against
+26-37 and 15-20 sent at once; 2.7x-3.4x the ceiling's requests a second
+against 1.9x-2.4x.
 """
 
 from __future__ import annotations
@@ -86,8 +98,13 @@ class AsyncioConnection(asyncio.Protocol):
     # An asyncio.Transport (uvloop's does not derive from it).
     _transport: Any
 
-    def __init__(self, factory: Factory) -> None:
+    def __init__(self, factory: Factory, batch: WriteBatch) -> None:
         self._factory = factory
+        self._batch = batch
+        # What was written this turn of the loop and not yet handed to the
+        # loop's transport (see WriteBatch), and its size.
+        self._unsent: list[bytes] | None = None
+        self._unsentSize = 0
 
     # -- the loop's side ---------------------------------------------------------
 
@@ -148,6 +165,7 @@ class AsyncioConnection(asyncio.Protocol):
             return
         self.connected = False
         self.disconnecting = True
+        self._unsent = None  # nowhere to send it
         # As Twisted's transport does: the producer writing an answer stops
         # before the protocol hears of the loss.
         producer, self._producer = self._producer, None
@@ -175,24 +193,54 @@ class AsyncioConnection(asyncio.Protocol):
     # -- the Twisted protocol's side: ITransport ---------------------------------
 
     def write(self, data: bytes) -> None:
-        if not (self.disconnecting or self._writeClosed):
-            self._transport.write(data)
+        """
+        Send C{data} when this turn of the loop has done its reads (see
+        L{WriteBatch}), or at once past L{SEND_NOW} bytes: the loop's
+        transport, not this list, holds what the client is slow to take,
+        and pauses the producers while it is full.
+        """
+        if self.disconnecting or self._writeClosed:
+            return
+        unsent = self._unsent
+        if unsent is None:
+            self._unsent = [data]
+            self._unsentSize = len(data)
+            self._batch.add(self)
+        else:
+            unsent.append(data)
+            self._unsentSize += len(data)
+        if self._unsentSize > SEND_NOW:
+            self.flush()
 
     def writeSequence(self, data: list[bytes]) -> None:
-        if not (self.disconnecting or self._writeClosed):
-            self._transport.writelines(data)
+        for piece in data:
+            self.write(piece)
+
+    def flush(self) -> None:
+        """
+        Hand the loop's transport what was written and not yet sent.
+        """
+        unsent = self._unsent
+        if unsent is None:
+            return
+        self._unsent = None
+        if not self._transport.is_closing():
+            self._transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
     def loseConnection(self) -> None:
+        self.flush()
         self.disconnecting = True
         self._transport.close()
 
     def abortConnection(self) -> None:
+        self._unsent = None
         self.disconnecting = True
         self._transport.abort()
 
     def loseWriteConnection(self) -> None:
         if self._writeClosed:
             return
+        self.flush()
         self._writeClosed = True
         if self._transport.can_write_eof():
             self._transport.write_eof()
@@ -253,6 +301,41 @@ class AsyncioConnection(asyncio.Protocol):
         self._producer = None
 
 
+SEND_NOW = 65536
+"""Bytes a connection keeps unsent until the end of the loop's turn; more
+are handed to the loop's transport at once (its own high-water mark)."""
+
+
+class WriteBatch:
+    """
+    The connections that wrote during this turn of the loop, flushed by a
+    call the loop makes once the turn's ready reads have run: the loop runs
+    the callbacks of C{call_soon} after the I/O callbacks of its turn
+    (uvloop in its idle phase, the standard loop on its next pass).
+    """
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._waiting: list[AsyncioConnection] = []
+
+    def add(self, connection: AsyncioConnection) -> None:
+        """
+        Flush C{connection} at the end of this turn.
+        """
+        if not self._waiting:
+            self._loop.call_soon(self._flush)
+        self._waiting.append(connection)
+
+    def _flush(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for connection in waiting:
+            try:
+                connection.flush()
+            except Exception:
+                log.failure("Sending to {peer} failed", peer=connection.getPeer())
+                connection.abortConnection()
+
+
 def servable(reactor: Any, port: Any) -> bool:
     """
     Whether L{serve} can take over C{port}: a listening TCP port (not a
@@ -289,11 +372,14 @@ class Serving:
         self._call = None
         loop = asyncio.get_running_loop()
         factory = self._factory
+        batch = WriteBatch(loop)
         # The loop listens on the socket again, with its own default backlog
         # unless told: the configured one.
         task = loop.create_task(
             loop.create_server(
-                lambda: AsyncioConnection(factory), sock=self._listening, backlog=self._backlog
+                lambda: AsyncioConnection(factory, batch),
+                sock=self._listening,
+                backlog=self._backlog,
             )
         )
         task.add_done_callback(self._started)

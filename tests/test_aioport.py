@@ -296,22 +296,44 @@ class _Producer:
         self.events.append("stop")
 
 
+class _FakeLoop:
+    """
+    What L{aioport.WriteBatch} uses of the loop: C{call_soon}, run by
+    L{endTurn}.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def call_soon(self, f: Any) -> None:
+        self.calls.append(f)
+
+    def endTurn(self) -> None:
+        calls, self.calls = self.calls, []
+        for f in calls:
+            f()
+
+
 class ConnectionTests(TestCase):
     """
     L{aioport.AsyncioConnection}'s rules, over a fake asyncio transport.
     """
 
+    def setUp(self) -> None:
+        self.loop = _FakeLoop()
+        self.batch = aioport.WriteBatch(self.loop)
+
     def connect(
         self, protocol: type[Protocol] = _Recorder, buffered: int = 0, peername: Any = None
     ) -> tuple[aioport.AsyncioConnection, Any, _FakeLoopTransport]:
-        connection = aioport.AsyncioConnection(Factory.forProtocol(protocol))
+        connection = aioport.AsyncioConnection(Factory.forProtocol(protocol), self.batch)
         transport = _FakeLoopTransport(buffered, peername or ("127.0.0.1", 40000))
         connection.connection_made(transport)
         return connection, getattr(connection, "protocol", None), transport
 
     def test_aClientGoneBeforeItIsServedIsDropped(self) -> None:
         # uvloop gives no peer for a client that has already reset.
-        connection = aioport.AsyncioConnection(Factory.forProtocol(_Recorder))
+        connection = aioport.AsyncioConnection(Factory.forProtocol(_Recorder), self.batch)
         transport = _FakeLoopTransport(peername=None)
         transport.peername = None
         connection.connection_made(transport)
@@ -370,7 +392,9 @@ class ConnectionTests(TestCase):
         connection, _, transport = self.connect()
         connection.write(b"a")
         connection.writeSequence([b"b", b"c"])
-        self.assertEqual(b"".join(transport.written), b"abc")
+        self.assertEqual(transport.written, [])  # at the end of the turn
+        self.loop.endTurn()
+        self.assertEqual(transport.written, [b"abc"])  # in one write
         connection.loseConnection()
         self.assertTrue(transport.closed)
         self.assertTrue(connection.disconnecting)
@@ -429,8 +453,72 @@ class ConnectionTests(TestCase):
 
     def test_abort(self) -> None:
         connection, _, transport = self.connect()
+        connection.write(b"a")
         connection.abortConnection()
         self.assertTrue(transport.aborted)
+        self.loop.endTurn()
+        self.assertEqual(transport.written, [])  # an abort sends nothing more
+
+    def test_theWritesOfATurnLeaveTogetherAtItsEnd(self) -> None:
+        """
+        Every connection that wrote during a turn of the loop sends when the
+        turn's reads are done, in one write each; one call per turn.
+        """
+        connections = [self.connect() for _ in range(3)]
+        for n, (connection, _, _) in enumerate(connections):
+            connection.write(b"answer %d" % (n,))
+            connection.write(b"!")
+        self.assertEqual(len(self.loop.calls), 1)
+        self.assertEqual([t.written for _, _, t in connections], [[], [], []])
+        self.loop.endTurn()
+        self.assertEqual(
+            [t.written for _, _, t in connections], [[b"answer 0!"], [b"answer 1!"], [b"answer 2!"]]
+        )
+        connections[0][0].write(b"next")
+        self.assertEqual(len(self.loop.calls), 1)  # the next turn's
+
+    def test_aLargeWriteIsSentAtOnce(self) -> None:
+        # The loop's transport holds what a slow client has not taken, and
+        # pauses the producer: not this connection.
+        connection, _, transport = self.connect()
+        connection.write(b"a")
+        connection.write(b"b" * aioport.SEND_NOW)
+        self.assertEqual(transport.written, [b"a" + b"b" * aioport.SEND_NOW])
+        self.loop.endTurn()
+        self.assertEqual(len(transport.written), 1)
+
+    def test_closingSendsWhatWasWrittenFirst(self) -> None:
+        connection, _, transport = self.connect()
+        connection.write(b"last")
+        connection.loseConnection()
+        self.assertEqual(transport.written, [b"last"])
+        self.assertTrue(transport.closed)
+        connection, _, transport = self.connect()
+        connection.write(b"refused")
+        connection.loseWriteConnection()
+        self.assertEqual(transport.written, [b"refused"])
+        self.assertTrue(transport.eof)
+
+    def test_nothingIsSentAfterTheConnectionIsLost(self) -> None:
+        connection, _, transport = self.connect()
+        connection.write(b"a")
+        connection.connection_lost(OSError("reset"))
+        self.loop.endTurn()
+        self.assertEqual(transport.written, [])
+
+    def test_aFailedSendEndsOnlyItsConnection(self) -> None:
+        (failing, _, broken), (other, _, working) = self.connect(), self.connect()
+
+        def fail(data: bytes) -> None:
+            raise OSError("broken")
+
+        broken.write = fail  # type: ignore[method-assign]
+        failing.write(b"a")
+        other.write(b"b")
+        self.loop.endTurn()
+        self.assertTrue(broken.aborted)
+        self.assertEqual(working.written, [b"b"])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_lostOnceWithItsReason(self) -> None:
         connection, protocol, _ = self.connect()
