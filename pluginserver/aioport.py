@@ -144,7 +144,8 @@ class AsyncioConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if not IHalfCloseableProtocol.providedBy(self.protocol):
-            return False  # the loop closes it
+            self.flush()  # the loop closes it, after sending what it holds
+            return False
         try:
             self.protocol.readConnectionLost()
         except Exception:
@@ -323,10 +324,16 @@ class WriteBatch:
         Flush C{connection} at the end of this turn.
         """
         if not self._waiting:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._waiting.append(connection)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """
+        Flush every connection that wrote since the last flush (the loop
+        calls this at the end of the turn; the reactor when it shuts down,
+        as a stopping loop runs no more callbacks).  A connection whose
+        send fails is aborted; the others are sent.
+        """
         waiting, self._waiting = self._waiting, []
         for connection in waiting:
             try:
@@ -358,6 +365,7 @@ class Serving:
     _stopped = False
 
     def __init__(self, reactor: Any, port: Port, factory: Factory, backlog: int) -> None:
+        self._reactor = reactor
         self._port = port
         self._factory = factory
         self._backlog = backlog
@@ -373,6 +381,10 @@ class Serving:
         loop = asyncio.get_running_loop()
         factory = self._factory
         batch = WriteBatch(loop)
+        # What the last turn before the loop stops wrote (a stream's end, a
+        # last answer) is sent: the stopping loop would not call the batch.
+        # For the reactor's life: the connections outlive the listener.
+        self._reactor.addSystemEventTrigger("during", "shutdown", batch.flush)
         # The loop listens on the socket again, with its own default backlog
         # unless told: the configured one.
         task = loop.create_task(

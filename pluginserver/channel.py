@@ -96,13 +96,6 @@ MAX_HEADER = 16384
 MAX_HEADERS = 500
 """Header lines in one request (431 past it)."""
 
-SMALL_READ = min(MAX_HEADER, 4 * MAX_HEADERS)
-"""
-Bytes of a read that cannot hold a head past the bounds above: a header
-line is at least four bytes (C{a:} and CRLF).  A head that began and ended
-in such a read is not measured.
-"""
-
 ABORT_TIMEOUT = 15.0
 """Seconds a timed-out connection may take to close before it is aborted."""
 
@@ -251,14 +244,16 @@ class PluginServerChannel(Protocol):
         self._upgraded = False
         # Parsing state of the message being read: whether its head is
         # arriving, began in this read, and how many bytes of it came in
-        # reads after the first; its target and its headers' values by
-        # canonical name.  The size of the last read.
+        # reads after the first; its target, its headers' values by
+        # canonical name, and its header lines (trailers too) so far: how
+        # many, and their bytes (name, value, ": " and CRLF each).
         self._inHead = False
         self._begun = False
         self._headBytes = 0
         self._target = b""
         self._headers: dict[bytes, list[bytes]] = {}
-        self._readSize = 0
+        self._lines = 0
+        self._lineBytes = 0
 
     # -- the connection --------------------------------------------------------
 
@@ -295,7 +290,6 @@ class PluginServerChannel(Protocol):
         self._lastActive = seconds()
         inHead = self._inHead
         self._begun = False
-        self._readSize = len(data)
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
@@ -317,9 +311,6 @@ class PluginServerChannel(Protocol):
                 self._headBytes = 0
             if self._headBytes > MAX_TARGET + MAX_HEADER + 2048:
                 self.refuse(HEADERS_TOO_LARGE if self._target else URI_TOO_LONG)
-            elif self._headTooLarge():
-                # What it holds of the head so far is kept no longer.
-                self.refuse(HEADERS_TOO_LARGE)
             elif self._headDeadline is None:
                 self._headDeadline = self.callLater(self.site.header_timeout, self._headTimedOut)
         self._next()
@@ -354,6 +345,7 @@ class PluginServerChannel(Protocol):
         self._begun = True
         self._target = b""
         self._headers = {}
+        self._lines = self._lineBytes = 0
 
     def on_url(self, url: bytes) -> None:
         target = self._target = self._target + url
@@ -361,20 +353,20 @@ class PluginServerChannel(Protocol):
             self._refuseParsing(URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # A call per header is the dearest part of parsing: it only keeps
-        # the value.  The head's bounds are checked when it is complete, or
-        # when a read ends inside it (_headTooLarge).
+        # Called per header line, trailers too: bounded line by line, so
+        # that no read keeps more than the bounds allow.  Content-Length,
+        # Transfer-Encoding and Expect are read once the head is complete.
         self._headers.setdefault(_canonical(name), []).append(value)
+        size = self._lineBytes = self._lineBytes + len(name) + len(value) + 4
+        lines = self._lines = self._lines + 1
+        if size > MAX_HEADER or lines > MAX_HEADERS:
+            self._refuseParsing(HEADERS_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
         self._inHead = False
         if self._headDeadline is not None:
             self._cancelHeadDeadline()
         raw = self._headers
-        # A head that came whole in a small read is within every bound
-        # (see SMALL_READ): only another one is measured.
-        if (not self._begun or self._readSize > SMALL_READ) and self._headTooLarge():
-            self._refuseParsing(HEADERS_TOO_LARGE)
         parser = self._parser
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
@@ -426,18 +418,6 @@ class PluginServerChannel(Protocol):
             content = request.content
             if content is not None:
                 content.seek(0, 0)
-
-    def _headTooLarge(self) -> bool:
-        """
-        Whether the header lines parsed so far are too many or too large
-        for one head: over L{MAX_HEADERS} lines, or over L{MAX_HEADER} bytes
-        (one line or all of them: name, value, ": " and CRLF each).
-        """
-        count = size = 0
-        for name, values in self._headers.items():
-            count += len(values)
-            size += (len(name) + 4) * len(values) + sum(map(len, values))
-        return count > MAX_HEADERS or size > MAX_HEADER
 
     def _refuseParsing(self, response: bytes) -> None:
         self.refuse(response)

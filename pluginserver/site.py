@@ -375,10 +375,10 @@ class ParsedRequest(_Body):
         self.client = channel.getPeer()
         self.code = 200
         self.code_message = b"OK"
+        # Whether the connection may stay open after this answer.
         self.persistent = True
-        """Whether the connection may stay open after this answer."""
+        # The client waits for 100 Continue before it sends the body.
         self.expectsContinue = False
-        """The client waits for C{100 Continue} before it sends the body."""
         self.finished = 0
         self.sentLength = 0
         self._disconnected = False

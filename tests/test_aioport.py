@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet import defer
@@ -437,9 +439,11 @@ class ConnectionTests(TestCase):
         self.assertEqual(protocol.events, ["read closed"])
 
     def test_endOfInputForAnotherProtocolCloses(self) -> None:
-        connection, protocol, _ = self.connect()
+        connection, protocol, transport = self.connect()
+        connection.write(b"answered")
         self.assertFalse(connection.eof_received())  # the loop closes it
         self.assertEqual(protocol.events, [])
+        self.assertEqual(transport.written, [b"answered"])  # sent before it closes
 
     def test_halfCloseSendsEndOfOutput(self) -> None:
         connection, _, transport = self.connect()
@@ -558,3 +562,66 @@ class ListenerTests(TestCase):
             yield deferToThread(socket.create_connection, ("127.0.0.1", number), 20)
         channel.transport.abortConnection()
         yield sleep(0.05)
+
+
+_LAST_TURN = """
+import asyncio, sys
+if sys.argv[1] == "uvloop":
+    import uvloop
+    loop = uvloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+from twisted.internet import asyncioreactor
+asyncioreactor.install(loop)
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from pluginserver import aioport
+
+class Answer(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(b"first;")
+        reactor.addSystemEventTrigger("before", "shutdown", self.transport.write, b"last")
+        reactor.callLater(0.1, reactor.stop)
+
+port = reactor.listenTCP(0, Factory.forProtocol(Answer), interface="127.0.0.1")
+port.stopReading()
+aioport.serve(reactor, port, Factory.forProtocol(Answer), 16)
+print(port.getHost().port, flush=True)
+reactor.run()
+"""
+
+
+class ShutdownTests(TestCase):
+    """
+    What a connection writes in the loop's last turn, as the reactor shuts
+    down (a stream's end when the service stops), is sent before the
+    process ends, on either loop: a stopping loop runs no more callbacks,
+    so the batch's own end-of-turn call would never come.
+    """
+
+    def lastTurn(self, loop: str) -> bytes:
+        with subprocess.Popen(
+            [sys.executable, "-c", _LAST_TURN, loop],
+            stdout=subprocess.PIPE,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ) as process:
+            try:
+                assert process.stdout is not None
+                number = int(process.stdout.readline())
+                with socket.create_connection(("127.0.0.1", number), timeout=20) as s:
+                    s.sendall(b"go")
+                    received = _read_all(s)
+                self.assertEqual(process.wait(timeout=20), 0)
+                return received
+            finally:
+                process.kill()
+
+    @defer.inlineCallbacks
+    def test_standardLoop(self) -> Any:
+        received = yield deferToThread(self.lastTurn, "asyncio")
+        self.assertEqual(received, b"first;last")
+
+    @defer.inlineCallbacks
+    def test_uvloop(self) -> Any:
+        received = yield deferToThread(self.lastTurn, "uvloop")
+        self.assertEqual(received, b"first;last")

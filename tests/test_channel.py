@@ -38,7 +38,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pluginserver.channel import MAX_HEADER, MAX_HEADERS, SMALL_READ
+from pluginserver.channel import MAX_HEADER, MAX_HEADERS
 from pluginserver.site import PluginServerChannel, PluginServerRequest, PluginServerSite
 from pluginserver.tls import DEFAULT_BACKLOG, listen_backlog, listener_problem, tls_endpoint
 from tests.certs import make_certificate
@@ -454,11 +454,25 @@ class HeadBoundsTests(ChannelCase):
         self.assertRefused()
 
     def test_smallHeadsInOneLargeReadAreAnswered(self) -> None:
-        requests = [headed([b"X-A: %d\r\n" % i]) for i in range(40)]
+        # Each head is bounded on its own, not the read.
+        requests = [
+            headed([b"X-%d: %s\r\n" % (i, b"v" * 30) for i in range(20)]) for _ in range(40)
+        ]
         data = b"".join(requests)
-        self.assertGreater(len(data), SMALL_READ)
+        self.assertGreater(len(data), MAX_HEADER)
         self.channel.dataReceived(data)
         self.assertEqual(responses(self.transport.value()), [(200, b"1")] * 40)
+
+    def test_trailersCountWithTheHead(self) -> None:
+        # A chunked body's trailer lines are header lines too: a client
+        # cannot send them without end.
+        self.channel.dataReceived(
+            b"POST /hello?n=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+        )
+        for i in range(MAX_HEADERS):
+            self.channel.dataReceived(b"X-%d: 1\r\n" % i)
+        self.assertRefused()
 
 
 HUGE = 16 * 1048576  # bytes of an answer no socket buffer takes at once
